@@ -1,0 +1,1 @@
+"""Loading, validating and building app catalogues and their embedding artifacts."""
