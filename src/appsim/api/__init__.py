@@ -1,0 +1,1 @@
+"""HTTP edge: request/response models, routes, and the one place domain errors become HTTP."""

@@ -1,0 +1,150 @@
+"""create_app(settings): the one place that wires appsim together.
+
+Everything the routes use is built here and hung on ``app.state.container``; nothing reaches for a
+global. Model versions load in a background thread at start-up: ``GET /health/ready`` answers 503 until
+every configured version has loaded (a version that fails its checks stops readiness with the error that
+names the file and the check; a half-loaded version is never served).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from fastapi import FastAPI
+from threadpoolctl import threadpool_limits
+
+from appsim import __version__
+from appsim.api.errors import install_error_handlers
+from appsim.api.middleware import RequestContextMiddleware
+from appsim.config.settings import Settings, load_settings
+from appsim.data.catalogue import load_model_version, read_apps
+from appsim.errors import AppsimError, UnavailableError
+from appsim.observability import MODELS_LOADED, configure_logging
+from appsim.services.similarity import ModelVersion, SimilarityService
+
+log = structlog.get_logger("appsim.app")
+
+
+@dataclass
+class Container:
+    """The service's dependencies. ``similarity`` is None until the model versions have loaded."""
+
+    settings: Settings
+    similarity: SimilarityService | None = None
+    ready: bool = False
+    load_error: str | None = None
+    started_at: float = field(default_factory=time.time)
+    load_seconds: float | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def require_similarity(self) -> SimilarityService:
+        if self.similarity is None or not self.ready:
+            raise UnavailableError(self.load_error or "model versions are still loading; retry shortly")
+        return self.similarity
+
+
+def _index_factory(settings: Settings, version: str, size: int) -> Any:
+    from appsim.backends.index import ExactIndex
+
+    cfg = settings.model_versions[version].index
+    backend = cfg.backend
+    if backend == "auto":
+        backend = "hnsw" if size >= cfg.auto_threshold else "exact"
+    if backend == "hnsw":
+        try:
+            from appsim.backends.ann import make_hnsw_factory
+        except ImportError as e:  # pragma: no cover - the ANN backend ships with the package
+            raise AppsimError(f"hnsw backend unavailable: {e}") from e
+        return make_hnsw_factory(cfg)
+    return ExactIndex
+
+
+def load_version(settings: Settings, version: str) -> ModelVersion:
+    """Load one configured version from ``catalogue_dir`` (raises ArtifactError on any failed check)."""
+    root = Path(settings.catalogue_dir)
+    apps = read_apps(root)
+    cfg = settings.model_versions[version]
+    from appsim.data.artifacts import load_version_artifact
+
+    size = int(load_version_artifact(root / cfg.path, verify=False).vectors.shape[0])
+    factory = _index_factory(settings, version, size)
+    return load_model_version(root, version, apps=apps, subdir=cfg.path, index_factory=factory)
+
+
+def load_all(container: Container) -> None:
+    s = container.settings
+    t0 = time.perf_counter()
+    try:
+        with threadpool_limits(limits=s.threads.blas):
+            versions = {name: load_version(s, name) for name in s.model_versions}
+        container.similarity = SimilarityService(
+            versions, default_top_k=s.search.default_top_k, max_top_k=s.search.max_top_k
+        )
+        for name, mv in versions.items():
+            MODELS_LOADED.labels(name).set(mv.size)
+        for hook in container.extras.get("on_loaded", []):
+            hook(container)
+        container.load_seconds = time.perf_counter() - t0
+        container.ready = True
+        log.info(
+            "model versions loaded",
+            versions={n: {"count": v.size, "dim": v.dim} for n, v in versions.items()},
+            seconds=round(container.load_seconds, 3),
+        )
+    except Exception as e:  # noqa: BLE001 - any failure keeps the service un-ready with the reason
+        container.load_error = f"{type(e).__name__}: {e}"
+        log.error("model versions failed to load", error=container.load_error)
+
+
+def create_app(settings: Settings | None = None, *, load_in_background: bool = True) -> FastAPI:
+    """Build the FastAPI app. ``load_in_background=False`` loads synchronously (tests, CLI)."""
+    s = settings or load_settings()
+    configure_logging(s.logging.level, s.logging.json_logs)
+    container = Container(settings=s)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # bound BLAS/OpenMP threads in this worker (one per worker by default)
+        threadpool_limits(limits=s.threads.blas)
+        if load_in_background:
+            threading.Thread(target=load_all, args=(container,), name="appsim-loader", daemon=True).start()
+        for hook in container.extras.get("on_startup", []):
+            hook(container)
+        yield
+        for hook in container.extras.get("on_shutdown", []):
+            hook(container)
+
+    app = FastAPI(
+        title="appsim",
+        version=__version__,
+        description=(
+            "Find the most similar known apps for a new mobile app (cosine similarity over v1/v2 "
+            "embeddings), predict its campaign performance, and A/B test v1 against v2."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.container = container
+    install_error_handlers(app)
+    from appsim.api.endpoints import router
+
+    app.include_router(router)
+    known = {getattr(r, "path", "") for r in app.routes}
+    app.add_middleware(
+        RequestContextMiddleware, max_body_bytes=s.limits.max_body_bytes, known_routes=known
+    )
+    if not load_in_background:
+        load_all(container)
+    return app
+
+
+def app_factory() -> FastAPI:
+    """Factory for ``uvicorn appsim.app:app_factory --factory`` (each worker builds its own app)."""
+    return create_app()

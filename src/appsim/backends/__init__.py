@@ -1,0 +1,1 @@
+"""Implementations of the small interfaces: index backends, event stores, text encoders."""

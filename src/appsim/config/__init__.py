@@ -1,0 +1,1 @@
+"""Configuration: YAML defaults (config.yaml) overridden by APPSIM_* environment variables."""

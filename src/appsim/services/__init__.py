@@ -1,0 +1,1 @@
+"""Pure services: similarity, prediction, experimentation, drift."""
