@@ -62,10 +62,12 @@ def _version_key(path: str) -> tuple[int, ...]:
 def find_pg_ctl(configured: str | None = None) -> str | None:
     """The pg_ctl to use, or None when this machine has none (see the module docstring for the order)."""
     candidates: list[str | None] = [os.environ.get("APPSIM_PG_CTL"), configured, shutil.which("pg_ctl")]
-    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=_version_key, reverse=True)
+    debian = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=_version_key, reverse=True)
+    candidates += debian
     try:
-        bindir = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, timeout=10,
-                                check=False).stdout.strip()
+        bindir = subprocess.run(
+            ["pg_config", "--bindir"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout.strip()
         if bindir:
             candidates.append(os.path.join(bindir, "pg_ctl"))
     except (OSError, subprocess.SubprocessError):
@@ -82,7 +84,21 @@ def _server_account() -> pwd.struct_passwd:
             return pwd.getpwnam(name)
         except KeyError:
             continue
-    raise RuntimeError("running as root and neither a 'postgres' nor a 'nobody' user exists to run PostgreSQL")
+    raise RuntimeError(
+        "running as root and neither a 'postgres' nor a 'nobody' user exists to run PostgreSQL"
+    )
+
+
+def _workdir_parent() -> str | None:
+    """Where to make the cluster's folder: the temp dir, unless the unprivileged server user could not
+    reach it (an ancestor without the others-execute bit, e.g. TMPDIR under /root), then /tmp."""
+    if os.geteuid() != 0:
+        return None
+    path = Path(tempfile.gettempdir()).resolve()
+    for folder in (path, *path.parents):
+        if not folder.stat().st_mode & stat.S_IXOTH:
+            return "/tmp"
+    return None
 
 
 class PgServer:
@@ -91,7 +107,7 @@ class PgServer:
     _db_counter = itertools.count()
 
     def __init__(self, pg_ctl: str) -> None:
-        self.workdir = Path(tempfile.mkdtemp(prefix="appsim-pg-"))
+        self.workdir = Path(tempfile.mkdtemp(prefix="appsim-pg-", dir=_workdir_parent()))
         executable = pg_ctl
         self.os_user = pwd.getpwuid(os.geteuid()).pw_name
         if os.geteuid() == 0:
@@ -99,10 +115,17 @@ class PgServer:
             self.os_user = account.pw_name
             os.chown(self.workdir, account.pw_uid, account.pw_gid)
             wrapper = self.workdir / f"pg_ctl-as-{account.pw_name}"
-            wrapper.write_text(_WRAPPER.format(
-                python=sys.executable, user=account.pw_name, uid=account.pw_uid, gid=account.pw_gid,
-                home=str(self.workdir), workdir=str(self.workdir), pg_ctl=pg_ctl,
-            ))
+            wrapper.write_text(
+                _WRAPPER.format(
+                    python=sys.executable,
+                    user=account.pw_name,
+                    uid=account.pw_uid,
+                    gid=account.pw_gid,
+                    home=str(self.workdir),
+                    workdir=str(self.workdir),
+                    pg_ctl=pg_ctl,
+                )
+            )
             wrapper.chmod(stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
             executable = str(wrapper)
         self.host = "127.0.0.1"
@@ -136,7 +159,9 @@ class PgServer:
 
     def log_tail(self, lines: int = 30) -> str:
         try:
-            return "\n".join((self.workdir / "postgresql.log").read_text(errors="replace").splitlines()[-lines:])
+            return "\n".join(
+                (self.workdir / "postgresql.log").read_text(errors="replace").splitlines()[-lines:]
+            )
         except OSError as exc:
             return f"(no log: {exc})"
 
@@ -144,8 +169,9 @@ class PgServer:
         return f"postgresql+psycopg://{PG_USER}@{self.host}:{self.port}/{dbname}"
 
     def _janitor(self, dbname: str) -> DatabaseJanitor:
-        return DatabaseJanitor(user=PG_USER, host=self.host, port=self.port, dbname=dbname,
-                               connection_timeout=30)
+        return DatabaseJanitor(
+            user=PG_USER, host=self.host, port=self.port, dbname=dbname, connection_timeout=30
+        )
 
     def create_database(self) -> str:
         """A new empty database; returns its name."""
@@ -165,11 +191,13 @@ class PgServer:
 
 
 def start_pg_server(request: pytest.FixtureRequest) -> PgServer:
-    """Start a throwaway server; skips the test when no pg_ctl exists (fails with APPSIM_REQUIRE_POSTGRES=1)."""
+    """Start a throwaway server; skip when no pg_ctl exists (fail instead with APPSIM_REQUIRE_POSTGRES=1)."""
     pg_ctl = find_pg_ctl(request.config.getoption("postgresql_exec", None))
     if pg_ctl is None:
-        reason = ("no pg_ctl found (PATH, /usr/lib/postgresql/*/bin, pg_config, $APPSIM_PG_CTL): "
-                  "install the PostgreSQL server, e.g. `apt-get install postgresql`")
+        reason = (
+            "no pg_ctl found (PATH, /usr/lib/postgresql/*/bin, pg_config, $APPSIM_PG_CTL): "
+            "install the PostgreSQL server, e.g. `apt-get install postgresql`"
+        )
         if os.environ.get("APPSIM_REQUIRE_POSTGRES") == "1":
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason)
@@ -202,3 +230,11 @@ def pg_url(postgresql_server: PgServer) -> Iterator[str]:
 def sqlite_url(tmp_path: Path) -> str:
     """SQLAlchemy URL of a fresh SQLite file."""
     return f"sqlite:///{tmp_path / 'events.sqlite'}"
+
+
+@pytest.fixture(scope="module")
+def private_postgresql_server(request: pytest.FixtureRequest) -> Iterator[PgServer]:
+    """A server of the module's own, for tests that stop and restart it (outage tests)."""
+    server = start_pg_server(request)
+    yield server
+    server.close()

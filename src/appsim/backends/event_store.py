@@ -81,8 +81,17 @@ MAX_AUDIT_LIMIT = 10_000
 _PG_MIGRATION_LOCK = 0x61707073  # pg_advisory_xact_lock key of the migration runner ("apps")
 _WRITE = "appsim_write"  # execution option: this connection's transaction writes (SQLite: BEGIN IMMEDIATE)
 
-_STRING_COLUMNS = ("request_id", "experiment_id", "unit_id", "variant", "model_version", "endpoint", "error",
-                   "event_id", "kind")
+_STRING_COLUMNS = (
+    "request_id",
+    "experiment_id",
+    "unit_id",
+    "variant",
+    "model_version",
+    "endpoint",
+    "error",
+    "event_id",
+    "kind",
+)
 _DTYPES: dict[str, str] = {
     **dict.fromkeys(_STRING_COLUMNS, "object"),
     "latency_ms": "float64",
@@ -256,8 +265,9 @@ def _make_engine(url: sa.URL, *, connect_timeout_s: float, busy_timeout_ms: int,
         return _make_sqlite_engine(url, busy_timeout_ms=busy_timeout_ms, pool_size=pool_size)
     if backend == "postgresql":
         if url.get_driver_name() != "psycopg":
-            raise ValidationError(f"unsupported PostgreSQL driver {url.drivername!r}; use postgresql+psycopg",
-                                  field="url")
+            raise ValidationError(
+                f"unsupported PostgreSQL driver {url.drivername!r}; use postgresql+psycopg", field="url"
+            )
         timeout = max(1, math.ceil(connect_timeout_s))
         connect_args: dict[str, Any] = {
             "connect_timeout": timeout,
@@ -277,8 +287,9 @@ def _make_engine(url: sa.URL, *, connect_timeout_s: float, busy_timeout_ms: int,
             pool_timeout=connect_timeout_s,
             pool_pre_ping=True,
         )
-    raise ValidationError(f"unsupported event store URL {url.render_as_string()!r} (sqlite or postgresql)",
-                          field="url")
+    raise ValidationError(
+        f"unsupported event store URL {url.render_as_string()!r} (sqlite or postgresql)", field="url"
+    )
 
 
 def _make_sqlite_engine(url: sa.URL, *, busy_timeout_ms: int, pool_size: int) -> Engine:
@@ -365,6 +376,8 @@ def _check_id(value: object, field: str) -> str:
 def _check_ts(value: object, field: str = "ts") -> datetime:
     if not isinstance(value, datetime):
         raise ValidationError(f"{field} must be a datetime, got {type(value).__name__}", field=field)
+    if not 1970 <= value.year <= 2200:  # outside, pandas' datetime64[ns] could not represent it on read
+        raise ValidationError(f"{field} must be between 1970 and 2200, got {value.isoformat()}", field=field)
     return to_utc(value)
 
 
@@ -447,7 +460,10 @@ class SQLAlchemyEventStore:
         self.url = _normalise_url(url)
         self.dialect = self.url.get_backend_name()
         self._engine = _make_engine(
-            self.url, connect_timeout_s=connect_timeout_s, busy_timeout_ms=busy_timeout_ms, pool_size=pool_size
+            self.url,
+            connect_timeout_s=connect_timeout_s,
+            busy_timeout_ms=busy_timeout_ms,
+            pool_size=pool_size,
         )
         if migrate_on_start:
             try:
@@ -477,7 +493,7 @@ class SQLAlchemyEventStore:
             yield conn
 
     def _insert(self, table: sa.Table) -> Any:
-        return (pg_dialect.insert(table) if self.dialect == "postgresql" else sqlite_dialect.insert(table))
+        return pg_dialect.insert(table) if self.dialect == "postgresql" else sqlite_dialect.insert(table)
 
     # ---- writes
 
@@ -491,7 +507,9 @@ class SQLAlchemyEventStore:
         except sa_exc.IntegrityError as exc:
             if _is_unique_violation(exc):
                 raise ConflictError(
-                    f"exposure {e.request_id!r} already recorded", field="request_id", request_ids=[e.request_id]
+                    f"exposure {e.request_id!r} already recorded",
+                    field="request_id",
+                    request_ids=[e.request_id],
                 ) from exc
             raise
 
@@ -510,15 +528,20 @@ class SQLAlchemyEventStore:
             try:
                 row = validate_exposure(e)
             except ValidationError as exc:
-                raise ValidationError(f"exposures[{index}]: {exc.detail}", field=exc.field, index=index) from exc
+                raise ValidationError(
+                    f"exposures[{index}]: {exc.detail}", field=exc.field, index=index
+                ) from exc
             if row["request_id"] in seen:
                 repeated.append(row["request_id"])
                 continue
             seen.add(row["request_id"])
             rows.append(row)
         if repeated and not ignore_duplicates:
-            raise ConflictError(f"request ids repeated in the batch: {sorted(set(repeated))[:10]}",
-                                field="request_id", request_ids=sorted(set(repeated)))
+            raise ConflictError(
+                f"request ids repeated in the batch: {sorted(set(repeated))[:10]}",
+                field="request_id",
+                request_ids=sorted(set(repeated)),
+            )
         if not rows:
             return 0
         if ignore_duplicates:
@@ -532,8 +555,9 @@ class SQLAlchemyEventStore:
             if not _is_unique_violation(exc):
                 raise
             existing = self._existing_request_ids([r["request_id"] for r in rows])
-            raise ConflictError(f"exposures already recorded: {existing[:10]}", field="request_id",
-                                request_ids=existing) from exc
+            raise ConflictError(
+                f"exposures already recorded: {existing[:10]}", field="request_id", request_ids=existing
+            ) from exc
         return len(rows)
 
     def _existing_request_ids(self, request_ids: Sequence[str]) -> list[str]:
@@ -541,8 +565,9 @@ class SQLAlchemyEventStore:
         with self._read("exposures") as conn:
             for start in range(0, len(request_ids), 500):
                 chunk = list(request_ids[start : start + 500])
-                found.extend(conn.scalars(sa.select(_EXPOSURES.c.request_id)
-                                          .where(_EXPOSURES.c.request_id.in_(chunk))))
+                found.extend(
+                    conn.scalars(sa.select(_EXPOSURES.c.request_id).where(_EXPOSURES.c.request_id.in_(chunk)))
+                )
         return sorted(found)
 
     def record_outcome(self, o: Outcome) -> bool:
@@ -550,18 +575,26 @@ class SQLAlchemyEventStore:
         other fields differ). Raises ``ValidationError``, ``NotFoundError`` (no exposure ``request_id``;
         nothing written) or ``UnavailableError``."""
         row = validate_outcome(o)
-        stmt = (self._insert(_OUTCOMES).values(**row).on_conflict_do_nothing(index_elements=["event_id"])
-                .returning(_OUTCOMES.c.event_id))
+        stmt = (
+            self._insert(_OUTCOMES)
+            .values(**row)
+            .on_conflict_do_nothing(index_elements=["event_id"])
+            .returning(_OUTCOMES.c.event_id)
+        )
         try:
             with self._write("record_outcome") as conn:
-                known = conn.scalar(sa.select(sa.literal(1)).where(_EXPOSURES.c.request_id == row["request_id"]))
+                known = conn.scalar(
+                    sa.select(sa.literal(1)).where(_EXPOSURES.c.request_id == row["request_id"])
+                )
                 if known is None:
-                    raise NotFoundError(f"no exposure recorded for request_id {o.request_id!r}",
-                                        field="request_id")
+                    raise NotFoundError(
+                        f"no exposure recorded for request_id {o.request_id!r}", field="request_id"
+                    )
                 return conn.execute(stmt).first() is not None
         except sa_exc.IntegrityError as exc:  # foreign key: cannot happen after the check, kept as a guard
-            raise NotFoundError(f"no exposure recorded for request_id {o.request_id!r}",
-                                field="request_id") from exc
+            raise NotFoundError(
+                f"no exposure recorded for request_id {o.request_id!r}", field="request_id"
+            ) from exc
 
     def record_audit(self, actor: str, action: str, payload: dict) -> None:
         """Append an audit entry (``ts`` = now, UTC). ``payload`` must be a JSON-serialisable dict (values
@@ -576,7 +609,9 @@ class SQLAlchemyEventStore:
         except (TypeError, ValueError) as exc:
             raise ValidationError(f"payload is not JSON-serialisable: {exc}", field="payload") from exc
         with self._write("record_audit") as conn:
-            conn.execute(_AUDIT.insert().values(ts=datetime.now(UTC), actor=actor, action=action, payload=text))
+            conn.execute(
+                _AUDIT.insert().values(ts=datetime.now(UTC), actor=actor, action=action, payload=text)
+            )
 
     # ---- reads
 
@@ -584,9 +619,11 @@ class SQLAlchemyEventStore:
         """The experiment's exposures, ordered by ``ts`` then ``request_id``; columns ``EXPOSURE_COLUMNS``
         (``ts`` datetime64[ns, UTC], ``latency_ms`` float64 ms, ``forced`` bool, the rest object).
         Raises ``UnavailableError``."""
-        query = (sa.select(*(_EXPOSURES.c[name] for name in EXPOSURE_COLUMNS))
-                 .where(_EXPOSURES.c.experiment_id == experiment_id)
-                 .order_by(_EXPOSURES.c.ts, _EXPOSURES.c.request_id))
+        query = (
+            sa.select(*(_EXPOSURES.c[name] for name in EXPOSURE_COLUMNS))
+            .where(_EXPOSURES.c.experiment_id == experiment_id)
+            .order_by(_EXPOSURES.c.ts, _EXPOSURES.c.request_id)
+        )
         with self._read("exposures") as conn:
             rows = conn.execute(query).all()
         return _frame(rows, EXPOSURE_COLUMNS)
@@ -595,10 +632,16 @@ class SQLAlchemyEventStore:
         """The experiment's outcomes joined with their exposure's ``variant``, ``unit_id``, ``forced``;
         ordered by ``ts`` then ``event_id``; columns ``OUTCOME_COLUMNS``. Raises ``UnavailableError``."""
         exp, out = _EXPOSURES, _OUTCOMES
-        selected = [exp.c[name] if name in ("variant", "unit_id", "forced") else out.c[name]
-                    for name in OUTCOME_COLUMNS]
-        query = (sa.select(*selected).select_from(out.join(exp, out.c.request_id == exp.c.request_id))
-                 .where(exp.c.experiment_id == experiment_id).order_by(out.c.ts, out.c.event_id))
+        selected = [
+            exp.c[name] if name in ("variant", "unit_id", "forced") else out.c[name]
+            for name in OUTCOME_COLUMNS
+        ]
+        query = (
+            sa.select(*selected)
+            .select_from(out.join(exp, out.c.request_id == exp.c.request_id))
+            .where(exp.c.experiment_id == experiment_id)
+            .order_by(out.c.ts, out.c.event_id)
+        )
         with self._read("outcomes") as conn:
             rows = conn.execute(query).all()
         return _frame(rows, OUTCOME_COLUMNS)
@@ -616,7 +659,9 @@ class SQLAlchemyEventStore:
     def schema_version(self) -> int:
         """The highest applied migration version (0 if none). Raises ``UnavailableError``."""
         with self._read("schema_version") as conn:
-            return int(conn.scalar(sa.select(sa.func.coalesce(sa.func.max(_SCHEMA_VERSION.c.version), 0))))
+            return int(
+                conn.scalar(sa.select(sa.func.coalesce(sa.func.max(_SCHEMA_VERSION.c.version), 0))) or 0
+            )
 
     # ---- lifecycle
 
@@ -703,8 +748,13 @@ class BufferedEventStore:
     def stats(self) -> dict[str, int]:
         """``buffered``, ``flushed``, ``lost``, ``rejected``, ``pending`` (see the class docstring)."""
         with self._lock:
-            return {"buffered": self.buffered, "flushed": self.flushed, "lost": self.lost,
-                    "rejected": self.rejected, "pending": len(self._queue)}
+            return {
+                "buffered": self.buffered,
+                "flushed": self.flushed,
+                "lost": self.lost,
+                "rejected": self.rejected,
+                "pending": len(self._queue),
+            }
 
     def _circuit_open(self) -> bool:
         return time.monotonic() < self._retry_at
@@ -742,8 +792,9 @@ class BufferedEventStore:
         except ValidationError as exc:
             with self._lock:
                 self.rejected += 1
-            log.warning("event_store.exposure_rejected", request_id=getattr(e, "request_id", None),
-                        error=exc.detail)
+            log.warning(
+                "event_store.exposure_rejected", request_id=getattr(e, "request_id", None), error=exc.detail
+            )
             return False
 
     # ---- exposures (never raise)
