@@ -164,7 +164,7 @@ class CategoryCentroidEncoder:
         return cls(cents, entries, min_count=min_count)
 
     def describe(self) -> dict[str, Any]:
-        """The manifest's ``encoder`` entry: kind, dim, files, fallback order and per-level centroid counts."""
+        """The manifest's ``encoder`` entry: kind, dim, files, fallback order, per-level centroid counts."""
         per_level = {lvl: sum(1 for e in self.entries if e["level"] == lvl) for lvl in LEVELS}
         return {
             "kind": self.kind,
@@ -208,7 +208,8 @@ class CategoryCentroidEncoder:
             raise ArtifactError(f"{js} is not valid JSON: {e}", path=str(js), check="json") from e
         if doc.get("kind") != cls.kind or doc.get("format") != FORMAT:
             raise ArtifactError(
-                f"{js} is kind {doc.get('kind')!r} format {doc.get('format')!r}, expected {cls.kind!r} {FORMAT}",
+                f"{js} is kind {doc.get('kind')!r} format {doc.get('format')!r}, "
+                f"expected {cls.kind!r} {FORMAT}",
                 path=str(js),
                 check="kind",
             )
@@ -219,7 +220,9 @@ class CategoryCentroidEncoder:
         entries = doc.get("entries") or []
         if cents.ndim != 2 or cents.shape != (len(entries), doc.get("dim")):
             raise ArtifactError(
-                f"{npy} shape {cents.shape} != ({len(entries)}, {doc.get('dim')})", path=str(npy), check="shape"
+                f"{npy} shape {cents.shape} != ({len(entries)}, {doc.get('dim')})",
+                path=str(npy),
+                check="shape",
             )
         if not np.isfinite(cents).all():
             raise ArtifactError(f"{npy} contains NaN/inf", path=str(npy), check="finite")
@@ -256,7 +259,9 @@ class CategoryCentroidEncoder:
             level, row = self.basis_row(app.category, app.platform)
             levels.append(level)
             rows.append(row)
-        out = self.centroids[np.asarray(rows, dtype=np.int64)] if rows else np.zeros((0, self.dim), np.float32)
+        out = (
+            self.centroids[np.asarray(rows, dtype=np.int64)] if rows else np.zeros((0, self.dim), np.float32)
+        )
         return np.array(out, dtype=np.float32), levels
 
     def encode(self, apps: Sequence[AppMetadata]) -> np.ndarray:

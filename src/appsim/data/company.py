@@ -28,8 +28,9 @@ Accepted pickle layouts (``n`` apps, ``d`` dimensions)
   CSV row, or, when ``n`` equals the number of *distinct* ids, the ``i``-th distinct id in first-seen order.
 * ``DataFrame`` with an id column (names as above) or an id-named / string index, and either one column of
   vectors or ``d`` numeric columns (column order = dimension order; non-numeric columns are ignored and
-  noted; when ``expected_dim`` is given and more numeric columns exist, the ones named like ``7``,
-  ``e7``, ``dim_7`` are used if there are exactly ``expected_dim`` of them).
+  noted; vectors stored as JSON text ``"[0.1, ...]"`` are parsed; when ``expected_dim`` is given and more
+  numeric columns exist, the ones named like ``7``, ``e7``, ``dim_7`` are used if there are exactly
+  ``expected_dim`` of them).
 * list of records (``[{"app_id": ..., "embedding": ...}, ...]``) or of ``(app_id, vector)`` pairs.
 
 Validation policy
@@ -208,8 +209,10 @@ def _is_missing(v: object) -> bool:
         return True
     if isinstance(v, (float, np.floating)) and np.isnan(v):
         return True
+    if isinstance(v, (list, tuple, dict, np.ndarray, pd.Series, pd.Index)):
+        return False
     try:
-        return bool(v is pd.NA or pd.isna(v)) if np.ndim(v) == 0 else False
+        return bool(pd.isna(v))
     except (TypeError, ValueError):
         return False
 
@@ -237,6 +240,14 @@ def _find_key(keys: Sequence[object], wanted: Sequence[str]) -> object | None:
     return None
 
 
+def _object_array(items: Sequence[Any]) -> np.ndarray:
+    """A 1-d object array holding ``items`` as they are (no broadcasting of equal-length rows)."""
+    arr = np.empty(len(items), dtype=object)
+    for k, item in enumerate(items):
+        arr[k] = item
+    return arr
+
+
 def _is_vector_like(v: object) -> bool:
     return isinstance(v, (list, tuple, np.ndarray, pd.Series)) and np.ndim(v) == 1
 
@@ -253,7 +264,13 @@ class _Raw:
 
 
 def _raw_from_matrix(mat: object, apps_order: Sequence[object] | None, source: str, layout: str) -> _Raw:
-    arr = np.asarray(mat) if not isinstance(mat, np.ndarray) else mat
+    if isinstance(mat, np.ndarray):
+        arr = mat
+    else:
+        try:
+            arr = np.asarray(mat)
+        except ValueError:  # ragged rows: keep them as objects; _stack reports the dimensions
+            arr = _object_array(list(mat))  # type: ignore[call-overload]
     if arr.dtype == object or arr.ndim == 1:
         rows: np.ndarray | list[object] = list(arr)
         n = len(rows)
@@ -274,7 +291,8 @@ def _raw_from_matrix(mat: object, apps_order: Sequence[object] | None, source: s
         distinct = list(dict.fromkeys(i for i in (_norm_id(x) for x in order) if i is not None))
         if len(distinct) != n:
             raise EmbeddingLayoutError(
-                f"{source}: {n} rows, but sample_apps.csv has {len(order)} rows and {len(distinct)} distinct ids",
+                f"{source}: {n} rows, but sample_apps.csv has {len(order)} rows and "
+                f"{len(distinct)} distinct ids",
                 path=source,
                 check="layout",
             )
@@ -282,8 +300,13 @@ def _raw_from_matrix(mat: object, apps_order: Sequence[object] | None, source: s
     return _Raw(order, rows, layout)
 
 
-def _raw_from_frame(df: pd.DataFrame, apps_order: Sequence[object] | None, expected_dim: int | None,
-                    source: str, report: ValidationReport) -> _Raw:
+def _raw_from_frame(
+    df: pd.DataFrame,
+    apps_order: Sequence[object] | None,
+    expected_dim: int | None,
+    source: str,
+    report: ValidationReport,
+) -> _Raw:
     cols = list(df.columns)
     id_col = _find_key(cols, ID_KEYS)
     if id_col is not None:
@@ -305,18 +328,24 @@ def _raw_from_frame(df: pd.DataFrame, apps_order: Sequence[object] | None, expec
     vec_col = _find_key(list(rest.columns), VECTOR_KEYS)
     if vec_col is None:
         obj_cols = [
-            c for c in rest.columns
+            c
+            for c in rest.columns
             if rest[c].dtype == object and any(_is_vector_like(v) for v in rest[c].head(20))
         ]
         vec_col = obj_cols[0] if len(obj_cols) == 1 else None
-    if vec_col is not None and (rest[vec_col].dtype == object or not pd.api.types.is_numeric_dtype(rest[vec_col])):
-        rows: np.ndarray | list[object] = rest[vec_col].tolist()
+    if vec_col is not None and (
+        rest[vec_col].dtype == object or not pd.api.types.is_numeric_dtype(rest[vec_col])
+    ):
+        cells: list[Any] = rest[vec_col].tolist()
         layout = f"dataframe[{where or 'row order'}, vector column {vec_col!r}]"
         if ids is None:
-            return _raw_from_matrix(np.array(rows + [None], dtype=object)[:-1], apps_order, source, layout)
-        return _Raw(ids, rows, layout)
-    numeric = [c for c in rest.columns
-               if pd.api.types.is_numeric_dtype(rest[c]) and not pd.api.types.is_bool_dtype(rest[c])]
+            return _raw_from_matrix(_object_array(cells), apps_order, source, layout)
+        return _Raw(ids, cells, layout)
+    numeric = [
+        c
+        for c in rest.columns
+        if pd.api.types.is_numeric_dtype(rest[c]) and not pd.api.types.is_bool_dtype(rest[c])
+    ]
     ignored = [c for c in rest.columns if c not in numeric]
     if expected_dim is not None and len(numeric) != expected_dim:
         dimlike = [c for c in numeric if isinstance(c, (int, np.integer)) or _DIM_NAME.match(str(c))]
@@ -338,8 +367,14 @@ def _raw_from_frame(df: pd.DataFrame, apps_order: Sequence[object] | None, expec
     return _Raw(ids, mat, layout)
 
 
-def _extract(obj: object, apps_order: Sequence[object] | None, expected_dim: int | None, source: str,
-             report: ValidationReport, depth: int = 0) -> _Raw:
+def _extract(
+    obj: object,
+    apps_order: Sequence[object] | None,
+    expected_dim: int | None,
+    source: str,
+    report: ValidationReport,
+    depth: int = 0,
+) -> _Raw:
     if depth > 2:
         raise EmbeddingLayoutError(f"{source}: nesting too deep", path=source, check="layout")
     if isinstance(obj, pd.DataFrame):
@@ -378,9 +413,7 @@ def _extract(obj: object, apps_order: Sequence[object] | None, expected_dim: int
             for r in obj
         ):
             return _Raw([r[0] for r in obj], [r[1] for r in obj], "list[(app_id, vector)]")
-        return _raw_from_matrix(
-            np.array([*list(obj), None], dtype=object)[:-1], apps_order, source, "list[vector in CSV order]"
-        )
+        return _raw_from_matrix(_object_array(list(obj)), apps_order, source, "list[vector in CSV order]")
     raise EmbeddingLayoutError(
         f"{source}: unsupported pickle content {type(obj).__module__}.{type(obj).__qualname__}",
         path=source,
@@ -388,26 +421,39 @@ def _extract(obj: object, apps_order: Sequence[object] | None, expected_dim: int
     )
 
 
-def _stack(raw: _Raw, ids: list[str | None], source: str, report: ValidationReport,
-           strict: bool) -> tuple[np.ndarray, np.ndarray]:
+def _parse_text_vector(r: Any) -> Any:
+    """A vector stored as text (``"[0.1, 0.2]"``, e.g. a DataFrame read from CSV) becomes a list."""
+    if isinstance(r, str) and r.strip().startswith("[") and r.strip().endswith("]"):
+        try:
+            v = json.loads(r)
+        except ValueError:
+            return r
+        return v if isinstance(v, list) else r
+    return r
+
+
+def _stack(raw: _Raw, ids: list[str | None], source: str) -> tuple[np.ndarray, np.ndarray]:
     """``(matrix (n, d) float64, has_vector (n,) bool)``; rows without a vector are NaN."""
     if isinstance(raw.rows, np.ndarray) and raw.rows.ndim == 2 and raw.rows.dtype != object:
         try:
             mat = np.asarray(raw.rows, dtype=np.float64)
         except (TypeError, ValueError) as e:
-            raise EmbeddingLayoutError(f"{source}: non-numeric vectors: {e}", path=source, check="numeric") from e
+            raise EmbeddingLayoutError(
+                f"{source}: non-numeric vectors: {e}", path=source, check="numeric"
+            ) from e
         return mat, np.ones(mat.shape[0], dtype=bool)
-    rows = list(raw.rows)
+    rows = [_parse_text_vector(r) for r in raw.rows]
     has = np.array([not _is_missing(r) if np.ndim(r) == 0 else True for r in rows], dtype=bool)
     lengths: dict[int, list[int]] = {}
     for i, r in enumerate(rows):
         if has[i]:
             if np.ndim(r) != 1:
                 raise EmbeddingLayoutError(
-                    f"{source}: the vector of {ids[i]!r} is not 1-d (shape {np.shape(r)})", path=source,
+                    f"{source}: the vector of {ids[i]!r} is not 1-d (shape {np.shape(r)})",
+                    path=source,
                     check="layout",
                 )
-            lengths.setdefault(len(r), []).append(i)  # type: ignore[arg-type]
+            lengths.setdefault(int(np.shape(r)[0]), []).append(i)
     if len(lengths) > 1:
         dims = {int(k): len(v) for k, v in sorted(lengths.items())}
         minority = sorted(lengths, key=lambda k: len(lengths[k]))[0]
@@ -432,6 +478,13 @@ def _stack(raw: _Raw, ids: list[str | None], source: str, report: ValidationRepo
                     f"{source}: non-numeric vector for {ids[i]!r}: {e}", path=source, check="numeric"
                 ) from e
     return mat, has
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    """Row-wise L2 normalisation of finite, non-zero float64 rows, safe for tiny / huge magnitudes."""
+    scale = np.abs(x).max(axis=1, keepdims=True)
+    y = x / scale
+    return y / np.linalg.norm(y, axis=1, keepdims=True)
 
 
 def validate_embeddings(
@@ -463,7 +516,7 @@ def validate_embeddings(
     rep.info["rows_read"] = n
     if n == 0:
         raise EmptyEmbeddingsError(f"{source}: no vectors", path=source, check="empty")
-    mat, has = _stack(raw, ids, source, rep, strict)
+    mat, has = _stack(raw, ids, source)
     d = int(mat.shape[1])
     rep.info["dim"] = d
     if expected_dim is not None and d != expected_dim:
@@ -481,8 +534,13 @@ def validate_embeddings(
         idx = np.flatnonzero(mask)
         ex = [ids[i] if ids[i] is not None else f"row {i}" for i in idx[:MAX_EXAMPLES]]
         if strict and idx.size:
-            raise err(f"{source}: {idx.size} {what} (e.g. {ex})", path=source, check=check, count=int(idx.size),
-                      examples=ex)
+            raise err(
+                f"{source}: {idx.size} {what} (e.g. {ex})",
+                path=source,
+                check=check,
+                count=int(idx.size),
+                examples=ex,
+            )
         rep.record(check, int(idx.size), ex)
 
     missing_id = np.array([i is None for i in ids], dtype=bool)
@@ -512,8 +570,7 @@ def validate_embeddings(
     vecs = mat[keep]
     rep.info["rows_kept"] = len(out_ids)
     norms = np.linalg.norm(vecs, axis=1)
-    unit = vecs / norms[:, None]
-    mean_unit = unit.mean(axis=0)
+    mean_unit = _unit(vecs).mean(axis=0)
     rep.info["norm_mean"] = round(float(norms.mean()), 6)
     rep.info["norm_min"] = round(float(norms.min()), 6)
     rep.info["norm_max"] = round(float(norms.max()), 6)
@@ -549,7 +606,13 @@ def load_embeddings_pickle(
     obj = safe_load(p)
     raw = _extract(obj, apps_order, expected_dim, source, rep)
     return validate_embeddings(
-        raw.ids, raw.rows, expected_dim=expected_dim, report=rep, strict=strict, source=source, layout=raw.layout
+        raw.ids,
+        raw.rows,
+        expected_dim=expected_dim,
+        report=rep,
+        strict=strict,
+        source=source,
+        layout=raw.layout,
     )
 
 
@@ -572,7 +635,9 @@ def _read_sample_apps_raw(path: Path) -> pd.DataFrame:
         if src is not None:
             mapping[str(src)] = target
     if "app_id" not in mapping.values():
-        raise MetadataError(f"{path} has no app_id column (columns: {header})", path=str(path), check="columns")
+        raise MetadataError(
+            f"{path} has no app_id column (columns: {header})", path=str(path), check="columns"
+        )
     try:
         df = pd.read_csv(path, dtype={c: str for c in mapping}, encoding="utf-8")
     except (OSError, ValueError) as e:
@@ -587,8 +652,11 @@ def _read_sample_apps_raw(path: Path) -> pd.DataFrame:
 
 
 def _clean_str(s: pd.Series) -> pd.Series:
-    return pd.Series([None if _is_missing(v) or not str(v).strip() else str(v).strip() for v in s],
-                     index=s.index, dtype=object)
+    return pd.Series(
+        [None if _is_missing(v) or not str(v).strip() else str(v).strip() for v in s],
+        index=s.index,
+        dtype=object,
+    )
 
 
 def _clean_sample_apps(raw: pd.DataFrame, report: ValidationReport) -> pd.DataFrame:
@@ -626,7 +694,10 @@ def load_sample_apps(path: str | Path, *, report: ValidationReport | None = None
 
 # --------------------------------------------------------------------------------------------------- history
 def validate_history(
-    path: str | Path, catalogue_ids: Sequence[str] | None = None, *, report: ValidationReport | None = None,
+    path: str | Path,
+    catalogue_ids: Sequence[str] | None = None,
+    *,
+    report: ValidationReport | None = None,
     chunksize: int = 250_000,
 ) -> ValidationReport:
     """Check ``historical_performance.csv`` (streamed in chunks; only the required columns are parsed).
@@ -646,40 +717,65 @@ def validate_history(
         raise HistoryError(f"cannot parse {p}: {e}", path=str(p), check="csv") from e
     missing = [c for c in HISTORY_REQUIRED if c not in header]
     if missing:
-        raise HistoryError(f"{p} lacks required columns {missing} (has {header})", path=str(p), check="columns",
-                           missing=missing)
+        raise HistoryError(
+            f"{p} lacks required columns {missing} (has {header})",
+            path=str(p),
+            check="columns",
+            missing=missing,
+        )
     rows = 0
     apps: set[str] = set()
-    for name in ("missing_values", "clicks_gt_impressions", "events_gt_clicks", "negative_revenue", "missing_ids"):
+    for name in (
+        "missing_values",
+        "clicks_gt_impressions",
+        "events_gt_clicks",
+        "negative_revenue",
+        "missing_ids",
+    ):
         rep.record(name, 0)
-    reader = pd.read_csv(p, usecols=list(HISTORY_REQUIRED), dtype=str, chunksize=chunksize, encoding="utf-8",
-                         keep_default_na=False)
+    reader = pd.read_csv(
+        p, usecols=list(HISTORY_REQUIRED), dtype={"app_id": str}, chunksize=chunksize, encoding="utf-8"
+    )
     for chunk in reader:
-        ids = chunk["app_id"].str.strip()
+        ids = chunk["app_id"].fillna("").astype(str).str.strip()
         vals: dict[str, np.ndarray] = {}
         for c in HISTORY_REQUIRED[1:]:
-            text = chunk[c].str.strip()
-            blank = (text == "").to_numpy()
-            num = pd.to_numeric(text.where(~blank, None), errors="coerce").to_numpy(dtype=np.float64)
-            bad = np.isnan(num) & ~blank
-            if bad.any():
-                i = np.flatnonzero(bad)
-                raise HistoryError(
-                    f"{p}: {int(bad.sum())}+ non-numeric {c!r} cells (e.g. {chunk[c].iloc[i[0]]!r} at data row "
-                    f"{rows + int(i[0]) + 1})",
-                    path=str(p), check="numeric", column=c,
-                )
+            col = chunk[c]
+            if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+                num = col.to_numpy(dtype=np.float64, na_value=np.nan)
+                blank = np.isnan(num)
+            else:  # the parser found text: blanks are NaN, anything else that does not parse is fatal
+                blank = col.isna().to_numpy() | (col.astype(str).str.strip() == "").to_numpy()
+                num = pd.to_numeric(col.where(~blank, None), errors="coerce").to_numpy(dtype=np.float64)
+                bad = np.isnan(num) & ~blank
+                if bad.any():
+                    i = np.flatnonzero(bad)
+                    raise HistoryError(
+                        f"{p}: {i.size} non-numeric {c!r} cells in rows {rows + 1}..{rows + len(chunk)} "
+                        f"(e.g. {col.iloc[i[0]]!r} for app {ids.iloc[i[0]]!r})",
+                        path=str(p),
+                        check="numeric",
+                        column=c,
+                    )
+            if np.isinf(num).any():
+                raise HistoryError(f"{p}: infinite {c!r} values", path=str(p), check="numeric", column=c)
             if c in HISTORY_COUNTS and (num < 0).any():
                 i = np.flatnonzero(num < 0)
                 raise HistoryError(
-                    f"{p}: {i.size}+ negative {c!r} values (e.g. app {ids.iloc[i[0]]!r})",
-                    path=str(p), check="non-negative", column=c,
+                    f"{p}: {i.size} negative {c!r} values in rows {rows + 1}..{rows + len(chunk)} "
+                    f"(e.g. app {ids.iloc[i[0]]!r})",
+                    path=str(p),
+                    check="non-negative",
+                    column=c,
                 )
             rep.record("missing_values", int(blank.sum()), ids[blank].tolist())
             vals[c] = num
         blank_id = (ids == "").to_numpy()
-        rep.record("missing_ids", int(blank_id.sum()), [f"data row {rows + int(i) + 1}" for i in
-                                                         np.flatnonzero(blank_id)])
+        rep.record(
+            "missing_ids",
+            int(blank_id.sum()),
+            [f"data row {rows + int(i) + 1}" for i in np.flatnonzero(blank_id)],
+        )
         gt = vals["clicks"] > vals["impressions"]
         rep.record("clicks_gt_impressions", int(gt.sum()), ids[gt].tolist())
         ge = vals["event_count"] > vals["clicks"]
@@ -701,12 +797,6 @@ def validate_history(
 
 
 # --------------------------------------------------------------------------------------------------- import
-def _unit(x: np.ndarray) -> np.ndarray:
-    scale = np.abs(x).max(axis=1, keepdims=True)
-    y = x / scale
-    return y / np.linalg.norm(y, axis=1, keepdims=True)
-
-
 def import_company(
     src_dir: str | Path,
     out_dir: str | Path,
@@ -746,12 +836,13 @@ def import_company(
         if not ppath.is_file():
             raise DataError(f"missing {ppath} (model version {version})", path=str(ppath), check="exists")
         rep = ValidationReport("embeddings", fname)
-        ids, vecs = load_embeddings_pickle(
-            ppath, dims.get(version), raw_order, report=rep, strict=strict
-        )
+        ids, vecs = load_embeddings_pickle(ppath, dims.get(version), raw_order, report=rep, strict=strict)
         in_meta = np.array([i in meta_ids for i in ids], dtype=bool)
-        rep.record("ids_without_metadata", int((~in_meta).sum()), [i for i, m in zip(ids, in_meta, strict=True)
-                                                                   if not m])
+        rep.record(
+            "ids_without_metadata",
+            int((~in_meta).sum()),
+            [i for i, m in zip(ids, in_meta, strict=True) if not m],
+        )
         ids = [i for i, m in zip(ids, in_meta, strict=True) if m]
         vecs = vecs[in_meta]
         if not ids:

@@ -89,7 +89,7 @@ ALLOWED_GLOBALS: dict[tuple[str, str], tuple[str, str]] = {
     ),
     ("pandas._libs.internals", "_unpickle_block"): ("pandas._libs.internals", "_unpickle_block"),
     ("pandas.core.internals.blocks", "new_block"): ("pandas._libs.internals", "_unpickle_block"),
-    # -- pandas indexes ---------------------------------------------------------------------------------------
+    # -- pandas indexes -----------------------------------------------------------------------------------
     ("pandas", "Index"): ("pandas", "Index"),
     ("pandas.core.indexes.base", "Index"): ("pandas", "Index"),
     ("pandas", "RangeIndex"): ("pandas", "RangeIndex"),
@@ -98,7 +98,7 @@ ALLOWED_GLOBALS: dict[tuple[str, str], tuple[str, str]] = {
     ("pandas.core.indexes.numeric", "UInt64Index"): ("pandas", "Index"),
     ("pandas.core.indexes.numeric", "Float64Index"): ("pandas", "Index"),
     ("pandas.core.indexes.base", "_new_Index"): ("pandas.core.indexes.base", "_new_Index"),
-    # -- pandas 3 string columns (python storage) -------------------------------------------------------------
+    # -- pandas 3 string columns (python storage) ---------------------------------------------------------
     ("pandas", "StringDtype"): ("pandas", "StringDtype"),
     (_PD_STR, "StringDtype"): ("pandas", "StringDtype"),
     ("pandas.arrays", "StringArray"): ("pandas.arrays", "StringArray"),
@@ -151,7 +151,9 @@ def safe_loads(data: bytes, *, source: str | None = None) -> Any:
             try:
                 data = decompress(data)
             except (OSError, EOFError, lzma.LZMAError, ValueError) as e:
-                raise DataError(f"cannot decompress {source or 'pickle'}: {e}", path=source, check="unpickle") from e
+                raise DataError(
+                    f"cannot decompress {source or 'pickle'}: {e}", path=source, check="unpickle"
+                ) from e
             break
     try:
         return RestrictedUnpickler(io.BytesIO(data), source=source).load()
