@@ -28,7 +28,8 @@ neutral ``r = 3.5``), ``paid = [price > 0]``::
                    + u_i,            u_i ~ N(0, s_ctr [0.35])
     logit ir_i   = c0 [-1.3] + genre_install[g] + c1 [0.04] log1p(R) + c2 [0.10] (r - 3.5)
                    + c3 [-1.0] paid + v_i,   v_i ~ N(0, s_install [0.30])    (paid apps convert less)
-    log m_i      = d0 [log 0.8] + genre_revenue[g] + d1 [0.35] log1p(price) + w_i,  w_i ~ N(0, s_revenue [0.35])
+    log m_i      = d0 [log 0.8] + genre_revenue[g] + d1 [0.35] log1p(price) + w_i,
+                   w_i ~ N(0, s_revenue [0.35])
     mu_imp_i     = log(600) + e1 [0.08] log1p(R) + z_i,  z_i ~ N(0, s_scale [0.5])
 
 ``ctr_i`` is the click-through rate per impression, ``ir_i`` the install rate per click and ``m_i`` the mean
@@ -140,13 +141,17 @@ def _default_countries() -> dict[str, tuple[float, float, float, float]]:
 
 def _default_ages() -> dict[str, tuple[float, float, float, float]]:
     return {
-        "18-24": (0.22, 1.15, 1.05, 0.70), "25-34": (0.30, 1.05, 1.05, 1.00), "35-44": (0.22, 1.00, 1.00, 1.15),
-        "45-54": (0.15, 0.90, 0.95, 1.20), "55+": (0.11, 0.80, 0.90, 1.10),
+        "18-24": (0.22, 1.15, 1.05, 0.70), "25-34": (0.30, 1.05, 1.05, 1.00),
+        "35-44": (0.22, 1.00, 1.00, 1.15), "45-54": (0.15, 0.90, 0.95, 1.20), "55+": (0.11, 0.80, 0.90, 1.10),
     }  # fmt: skip
 
 
 def _default_genders() -> dict[str, tuple[float, float, float, float]]:
-    return {"female": (0.46, 1.00, 1.00, 1.00), "male": (0.46, 1.00, 1.00, 1.00), "unknown": (0.08, 0.90, 1.00, 0.90)}
+    return {
+        "female": (0.46, 1.00, 1.00, 1.00),
+        "male": (0.46, 1.00, 1.00, 1.00),
+        "unknown": (0.08, 0.90, 1.00, 0.90),
+    }
 
 
 def _default_interactions() -> list[tuple[str, str, str, str, float]]:
@@ -228,7 +233,9 @@ class SimulationParams:
         columns = {"country": self.countries, "age_group": self.age_groups, "gender": self.genders}
         for genre, col, value, metric, mult in self.interactions:
             if col not in columns or value not in columns[col] or metric not in ("ctr", "install", "revenue"):
-                raise ValidationError(f"bad interaction {(genre, col, value, metric, mult)!r}", field="interactions")
+                raise ValidationError(
+                    f"bad interaction {(genre, col, value, metric, mult)!r}", field="interactions"
+                )
             if mult < 0:
                 raise ValidationError("interaction multipliers must be >= 0", field="interactions")
 
@@ -245,7 +252,9 @@ def _sha_u64(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
 
 
-def history_selected(app_id: str, share_with_history: float, salt: str = SimulationParams.selection_salt) -> bool:
+def history_selected(
+    app_id: str, share_with_history: float, salt: str = SimulationParams.selection_salt
+) -> bool:
     """Whether ``app_id`` has simulated history: ``sha256(salt + ":" + app_id)[:8] / 2**64 < share``."""
     return _sha_u64(f"{salt}:{app_id}") / 2.0**64 < share_with_history
 
@@ -254,7 +263,9 @@ def _check_inputs(apps: pd.DataFrame, seed: int, share: float, params: Simulatio
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise ValidationError(f"seed must be a non-negative integer, got {seed!r}", field="seed")
     if not 0.0 <= share <= 1.0:
-        raise ValidationError(f"share_with_history must be in [0, 1], got {share!r}", field="share_with_history")
+        raise ValidationError(
+            f"share_with_history must be in [0, 1], got {share!r}", field="share_with_history"
+        )
     params.validate()
     missing = [c for c in REQUIRED_APP_COLUMNS if c not in apps.columns]
     if missing:
@@ -333,7 +344,9 @@ def _app_model(apps: pd.DataFrame, seed: int, share: float, params: SimulationPa
         else np.full(len(frame), "ios", dtype=object)
     )
     price = pd.to_numeric(frame["price"], errors="coerce").fillna(0.0).clip(lower=0).to_numpy(np.float64)
-    count = pd.to_numeric(frame["rating_count"], errors="coerce").fillna(0.0).clip(lower=0).to_numpy(np.float64)
+    count = (
+        pd.to_numeric(frame["rating_count"], errors="coerce").fillna(0.0).clip(lower=0).to_numpy(np.float64)
+    )
     rating = pd.to_numeric(frame["user_rating"], errors="coerce").fillna(0.0).to_numpy(np.float64)
     rating = np.where(count > 0, rating, params.neutral_user_rating) - params.neutral_user_rating
     paid = (price > 0).astype(np.float64)
@@ -358,7 +371,11 @@ def _app_model(apps: pd.DataFrame, seed: int, share: float, params: SimulationPa
     )  # fmt: skip
     rpi = np.exp(p.revenue_log_intercept + g_rev + p.revenue_log1p_price * np.log1p(price)
                  + p.revenue_latent_sd * latent[:, 2])  # fmt: skip
-    imp_mu = p.impressions_log_median + p.impressions_log_rating_count * log_count + p.impressions_app_sd * latent[:, 3]
+    imp_mu = (
+        p.impressions_log_median
+        + p.impressions_log_rating_count * log_count
+        + p.impressions_app_sd * latent[:, 3]
+    )
     has = np.asarray([history_selected(a, share, p.selection_salt) for a in app_id], dtype=bool)
     return _AppModel(app_id, category, platform, price, has, latent, ctr, ir, rpi, imp_mu)
 
@@ -399,10 +416,14 @@ def simulate_history(
         imp = np.maximum(1, np.rint(np.exp(rng.normal(model.imp_mu[i], params.impressions_row_sd, k))))
         imp = imp.astype(np.int64)
         clk = rng.binomial(imp, np.minimum(model.ctr[i] * mult["ctr"][cell], params.max_ctr))
-        ins = rng.binomial(clk, np.minimum(model.install_rate[i] * mult["install"][cell], params.max_install_rate))
+        ins = rng.binomial(
+            clk, np.minimum(model.install_rate[i] * mult["install"][cell], params.max_install_rate)
+        )
         eps = rng.standard_normal(k)
         sk2 = np.log1p(s_inst2 / np.maximum(ins, 1))
-        rev = ins * model.revenue_per_install[i] * mult["revenue"][cell] * np.exp(np.sqrt(sk2) * eps - sk2 / 2)
+        rev = (
+            ins * model.revenue_per_install[i] * mult["revenue"][cell] * np.exp(np.sqrt(sk2) * eps - sk2 / 2)
+        )
         parts["app"].append(np.full(k, i, dtype=np.int64))
         parts["day"].append(start + day)
         parts["cell"].append(cell)
@@ -469,7 +490,9 @@ def true_rates(
         ipi_c = ctr_c * ir_c
         ctr_m[rows] = ctr_c @ grid.pi
         ipi_m[rows] = ipi_c @ grid.pi
-        rpm_m[rows] = 1000.0 * (ipi_c * model.revenue_per_install[rows, None] * mult["revenue"][None, :]) @ grid.pi
+        rpm_m[rows] = (
+            1000.0 * (ipi_c * model.revenue_per_install[rows, None] * mult["revenue"][None, :]) @ grid.pi
+        )
     return pd.DataFrame(
         {
             "app_id": model.app_id.astype(str),
