@@ -32,7 +32,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
-from scipy import integrate, stats
+import pandas as pd
+from scipy import integrate, special, stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import NormalIndPower
 from statsmodels.stats.proportion import proportion_confint
@@ -214,15 +215,44 @@ def msprt_confidence_sequence(diff: Any, var: Any, tau: float, alpha: float) -> 
     return d - r, d + r
 
 
-def proportion_diff_var(x_a: Any, n_a: Any, x_b: Any, n_b: Any, *, pooled: bool) -> np.ndarray:
-    """Variance of ``p_b - p_a``: pooled under H0 (``p(1-p)(1/n_a + 1/n_b)``) or unpooled (Wald)."""
+def proportion_diff_var(
+    x_a: Any, n_a: Any, x_b: Any, n_b: Any, *, pooled: bool, deff: tuple[float, float] = (1.0, 1.0)
+) -> np.ndarray:
+    """Variance of ``p_b - p_a``: pooled under H0 (``p(1-p)(d_a/n_a + d_b/n_b)``) or unpooled (Wald,
+    ``d_a p_a(1-p_a)/n_a + d_b p_b(1-p_b)/n_b``); ``deff = (d_a, d_b)`` are design effects
+    (:func:`design_effect`, 1 for independent rows)."""
     x_a, n_a, x_b, n_b = (np.asarray(x, dtype=float) for x in (x_a, n_a, x_b, n_b))
+    d_a, d_b = deff
     with np.errstate(divide="ignore", invalid="ignore"):
         if pooled:
             p = (x_a + x_b) / (n_a + n_b)
-            return p * (1 - p) * (1 / n_a + 1 / n_b)
+            return p * (1 - p) * (d_a / n_a + d_b / n_b)
         pa, pb = x_a / n_a, x_b / n_b
-        return pa * (1 - pa) / n_a + pb * (1 - pb) / n_b
+        return d_a * pa * (1 - pa) / n_a + d_b * pb * (1 - pb) / n_b
+
+
+def design_effect(y: Any, clusters: Any) -> float:
+    """Design effect of the per-row mean of ``y`` when rows are clustered (e.g. exposures of one unit).
+
+    The per-row mean is the ratio ``R = sum_u X_u / sum_u N_u`` of per-cluster sums ``X_u`` and sizes
+    ``N_u``; its delta-method variance is ``Var(X_u - R N_u) / (n N_bar^2)`` over the ``n`` clusters (Deng,
+    Knoblich, Lu, "Applying the Delta Method in Metric Analytics", KDD 2018). Returned as the ratio to the
+    independent-rows variance ``Var(y) / len(y)`` (Kish's design effect), at least 1 (never
+    anti-conservative). 1.0 when there are fewer than two clusters or no variance.
+    """
+    y = np.asarray(y, dtype=float)
+    if y.size < 2:
+        return 1.0
+    codes, uniques = pd.factorize(np.asarray(clusters))
+    n = len(uniques)
+    var_iid = y.var(ddof=1) / y.size
+    if n < 2 or not var_iid > 0:
+        return 1.0
+    x = np.bincount(codes, weights=y, minlength=n)
+    size = np.bincount(codes, minlength=n).astype(float)
+    r = x.sum() / size.sum()
+    var_delta = (x - r * size).var(ddof=1) / (n * size.mean() ** 2)
+    return max(1.0, float(var_delta / var_iid))
 
 
 @dataclass(frozen=True)
@@ -242,17 +272,26 @@ class MSPRTResult:
 
 
 def msprt_two_proportions(
-    x_a: int, n_a: int, x_b: int, n_b: int, *, tau: float, alpha: float = 0.05, p_history: float = 1.0
+    x_a: int,
+    n_a: int,
+    x_b: int,
+    n_b: int,
+    *,
+    tau: float,
+    alpha: float = 0.05,
+    p_history: float = 1.0,
+    deff: tuple[float, float] = (1.0, 1.0),
 ) -> MSPRTResult:
     """mSPRT for ``p_b - p_a`` at the current counts (normal mixture ``N(0, tau^2)``, tau absolute).
 
-    The p-value uses the pooled (null) variance, the confidence sequence the unpooled one.
-    ``p_history`` is the running minimum of earlier p-values, if known (1.0 otherwise).
+    The p-value uses the pooled (null) variance, the confidence sequence the unpooled one, both scaled
+    by the arms' design effects ``deff``. ``p_history`` is the running minimum of earlier p-values, if
+    known (1.0 otherwise).
     """
     diff = x_b / n_b - x_a / n_a
-    p_now = float(msprt_pvalue(diff, proportion_diff_var(x_a, n_a, x_b, n_b, pooled=True), tau))
+    p_now = float(msprt_pvalue(diff, proportion_diff_var(x_a, n_a, x_b, n_b, pooled=True, deff=deff), tau))
     lo, hi = msprt_confidence_sequence(
-        diff, proportion_diff_var(x_a, n_a, x_b, n_b, pooled=False), tau, alpha
+        diff, proportion_diff_var(x_a, n_a, x_b, n_b, pooled=False, deff=deff), tau, alpha
     )
     return MSPRTResult(diff, tau, min(p_now, p_history), p_now, _finite(float(lo)), _finite(float(hi)), alpha)
 
@@ -278,7 +317,13 @@ def msprt_two_means(
 
 
 def sequential_proportion_pvalues(
-    y: np.ndarray, is_b: np.ndarray, *, tau: float, burn_in: int = 100
+    y: np.ndarray,
+    is_b: np.ndarray,
+    *,
+    tau: float,
+    burn_in: int = 100,
+    deff: tuple[float, float] = (1.0, 1.0),
+    running: bool = True,
 ) -> np.ndarray:
     """Always-valid mSPRT p-value after every observation of a time-ordered stream (vectorised).
 
@@ -286,6 +331,8 @@ def sequential_proportion_pvalues(
     ``1/Lambda_m`` over the prefixes ``m`` in which both arms have at least ``burn_in`` observations (1.0
     before that): the always-valid p-value ``p*_n`` of Johari et al. (2022), Def. 2. Skipping early
     prefixes only makes it larger (conservative); it avoids the poor normal approximation of tiny arms.
+    ``deff`` scales the arms' variances (clustered rows, :func:`design_effect`). ``running=False``
+    returns the per-prefix ``min(1, 1/Lambda_m)`` instead of its running minimum.
     """
     y = np.asarray(y, dtype=float)
     b = np.asarray(is_b, dtype=bool)
@@ -297,12 +344,23 @@ def sequential_proportion_pvalues(
     with np.errstate(divide="ignore", invalid="ignore"):
         diff = np.where(ready, x_b / np.maximum(n_b, 1) - x_a / np.maximum(n_a, 1), 0.0)
         var = np.where(
-            ready, proportion_diff_var(x_a, np.maximum(n_a, 1), x_b, np.maximum(n_b, 1), pooled=True), 0
+            ready,
+            proportion_diff_var(x_a, np.maximum(n_a, 1), x_b, np.maximum(n_b, 1), pooled=True, deff=deff),
+            0,
         )
-    return running_min(msprt_pvalue(diff, var, tau))
+    p = msprt_pvalue(diff, var, tau)
+    return running_min(p) if running else p
 
 
-def sequential_mean_pvalues(y: np.ndarray, is_b: np.ndarray, *, tau: float, burn_in: int = 100) -> np.ndarray:
+def sequential_mean_pvalues(
+    y: np.ndarray,
+    is_b: np.ndarray,
+    *,
+    tau: float,
+    burn_in: int = 100,
+    deff: tuple[float, float] = (1.0, 1.0),
+    running: bool = True,
+) -> np.ndarray:
     """Like :func:`sequential_proportion_pvalues` for a real-valued metric (Welch variance per prefix)."""
     y = np.asarray(y, dtype=float)
     b = np.asarray(is_b, dtype=bool)
@@ -316,8 +374,9 @@ def sequential_mean_pvalues(y: np.ndarray, is_b: np.ndarray, *, tau: float, burn
     v_a = np.maximum(q_a - na * m_a**2, 0.0) / (na - 1)
     v_b = np.maximum(q_b - nb * m_b**2, 0.0) / (nb - 1)
     diff = np.where(ready, m_b - m_a, 0.0)
-    var = np.where(ready, v_a / na + v_b / nb, 0.0)
-    return running_min(msprt_pvalue(diff, var, tau))
+    var = np.where(ready, deff[0] * v_a / na + deff[1] * v_b / nb, 0.0)
+    p = msprt_pvalue(diff, var, tau)
+    return running_min(p) if running else p
 
 
 # ------------------------------------------------------------------------------------------- Bayesian
@@ -368,15 +427,21 @@ def beta_binomial(
     ab, bb = a0 + x_b, b0 + n_b - x_b
     if min(aa, ba, ab, bb) <= 0:
         raise ValueError("invalid counts or prior")
-    dist_a, dist_b = stats.beta(aa, ba), stats.beta(ab, bb)
-    dist_a_plus = stats.beta(aa + 1, ba)
+    log_norm_b = special.betaln(ab, bb)
+
+    def pdf_b(t: float) -> float:
+        return math.exp((ab - 1) * math.log(t) + (bb - 1) * math.log1p(-t) - log_norm_b) if 0 < t < 1 else 0.0
+
     m_a, m_b = aa / (aa + ba), ab / (ab + bb)
     lo, hi = _window(aa, ba, ab, bb)
     pts = [p for p in (m_a, m_b) if lo < p < hi]
     opts: dict[str, Any] = {"points": pts or None, "limit": 500, "epsabs": 1e-12, "epsrel": 1e-10}
-    p_b, _ = integrate.quad(lambda t: dist_b.pdf(t) * dist_a.cdf(t), lo, hi, **opts)
+    p_b, _ = integrate.quad(lambda t: pdf_b(t) * special.betainc(aa, ba, t), lo, hi, **opts)
     loss_b, _ = integrate.quad(
-        lambda t: dist_b.pdf(t) * (m_a * dist_a_plus.sf(t) - t * dist_a.sf(t)), lo, hi, **opts
+        lambda t: pdf_b(t) * (m_a * special.betaincc(aa + 1, ba, t) - t * special.betaincc(aa, ba, t)),
+        lo,
+        hi,
+        **opts,
     )
     loss_b = max(loss_b, 0.0)
     loss_a = max(loss_b + m_b - m_a, 0.0)
@@ -395,7 +460,9 @@ def holm(p_values: Sequence[float | None], alpha: float = 0.05) -> tuple[list[bo
     idx = [i for i, p in enumerate(p_values) if p is not None and math.isfinite(p)]
     reject: list[bool] = [False] * len(p_values)
     adjusted: list[float | None] = [None] * len(p_values)
-    if idx:
+    if len(idx) == 1:  # a family of one: Holm is the identity
+        reject[idx[0]], adjusted[idx[0]] = bool(p_values[idx[0]] <= alpha), float(p_values[idx[0]])  # type: ignore[operator,arg-type]
+    elif idx:
         rej, adj, _, _ = multipletests([p_values[i] for i in idx], alpha=alpha, method="holm")
         for i, r, a in zip(idx, rej, adj, strict=True):
             reject[i], adjusted[i] = bool(r), float(a)
