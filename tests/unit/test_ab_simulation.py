@@ -60,6 +60,7 @@ def test_aa_continuous_monitoring_of_every_observation() -> None:
     assert hits / experiments <= _mc_bound(0.05, experiments), hits / experiments
 
 
+@pytest.mark.slow
 def test_planted_lift_ships_v2(tmp_path: Path) -> None:
     store = InMemoryEventStore()
     png = tmp_path / "sim.png"
@@ -95,6 +96,7 @@ def test_broken_split_is_invalid() -> None:
     assert "sample ratio mismatch" in res.report["decision_reasons"][0]
 
 
+@pytest.mark.slow
 def test_aa_through_the_controller_does_not_ship() -> None:
     res = simulate(0.0, 7, 5_000, WEIGHTS, 0.10, seed=4, store=InMemoryEventStore(), looks_per_day=2)
     assert res.decision == "keep_running" and res.looks == 14
