@@ -592,23 +592,26 @@ class ABTestController:
         actions: list[dict[str, Any]] = []
         if decision == "stop:guardrail" and cfg.auto_rollback:
             rollback = {v: (1.0 if v == control else 0.0) for v in cfg.variant_names}
-            if current != rollback:
-                failed = {
-                    t: [m for m, g in guardrails["by_treatment"][t].items() if g["status"] == "fail"]
-                    for t in treatments
-                }
-                new = self._apply_weights(
-                    experiment_id,
-                    rollback,
-                    ROLLBACK_ACTOR,
-                    ACTION_AUTO_ROLLBACK,
-                    reason="guardrail failed: " + "; ".join(reasons),
-                    extra={"failed_guardrails": failed},
-                )
-                actions.append({"action": ACTION_AUTO_ROLLBACK, "weights": new, "actor": ROLLBACK_ACTOR})
-                current = new
-            else:
-                reasons.append("already rolled back to control")
+            failed = {
+                t: [m for m, g in guardrails["by_treatment"][t].items() if g["status"] == "fail"]
+                for t in treatments
+            }
+            with self._lock:  # check-and-set: concurrent reports roll back (and audit) once
+                current = dict(self._epochs[experiment_id][-1].weights)
+                if current != rollback:
+                    current = self._apply_weights(
+                        experiment_id,
+                        rollback,
+                        ROLLBACK_ACTOR,
+                        ACTION_AUTO_ROLLBACK,
+                        reason="guardrail failed: " + "; ".join(reasons),
+                        extra={"failed_guardrails": failed},
+                    )
+                    actions.append(
+                        {"action": ACTION_AUTO_ROLLBACK, "weights": current, "actor": ROLLBACK_ACTOR}
+                    )
+                else:
+                    reasons.append("already rolled back to control")
 
         report = {
             "experiment_id": cfg.id,
