@@ -63,7 +63,9 @@ def real_texts(apps: pd.DataFrame) -> tuple[list[str], list[str]]:
         desc = a["app_desc"] if isinstance(a["app_desc"], str) else None
         if i % 29 == 7:
             desc = None  # name (+ category) only: the shortest real request
-        app = AppMetadata(name=str(a["track_name"]), category=str(a["prime_genre"]), platform="ios", description=desc)
+        app = AppMetadata(
+            name=str(a["track_name"]), category=str(a["prime_genre"]), platform="ios", description=desc
+        )
         text = app_text(app, include_category=(i % 5 != 0))
         texts.append(text[:MAX_CHARS])
         ids.append(str(a["id"]))
@@ -106,7 +108,9 @@ def main() -> None:
     emb = model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
     emb = np.asarray(emb, dtype=np.float32)
     tok = model.tokenizer(texts[-1], truncation=False)["input_ids"]
-    print(f"{len(texts)} texts, longest edge text has {len(tok)} tokens; max_seq_length={model.max_seq_length}")
+    print(
+        f"{len(texts)} texts; the last edge text has {len(tok)} tokens; max_seq_length={model.max_seq_length}"
+    )
     sha = hashlib.sha256((Path(model_dir) / "model.safetensors").read_bytes()).hexdigest()
     meta = {
         "sentence_transformers": sentence_transformers.__version__,
