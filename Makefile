@@ -42,8 +42,9 @@ run: install artifacts/real/v2/manifest.json ## install everything and serve the
 serve: ## serve without (re)installing
 	$(BIN)/appsim serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
-test: install-dev ## run the whole test suite (real PostgreSQL included; see .ci/run for system packages)
-	$(BIN)/pytest -q
+test: install-dev ## install what the tests need (incl. Debian's postgresql, docker-compose, prometheus) and run them
+	bash scripts/system-deps.sh
+	APPSIM_REQUIRE_POSTGRES=1 $(BIN)/pytest -q
 
 lint: install-dev ## ruff + mypy
 	$(BIN)/ruff check src tests bench

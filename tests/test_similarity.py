@@ -151,3 +151,33 @@ def test_batch_equals_single_queries_and_isolates_errors(real_dir: Path) -> None
             continue
         single = svc.find_similar("v1", q, top_k=7)
         assert [n.app_id for n in r.neighbours] == [n.app_id for n in single.neighbours]  # type: ignore[union-attr]
+
+
+@pytest.fixture(scope="module")
+def mock_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from appsim.data.build import build_mock
+
+    out = tmp_path_factory.mktemp("mock")
+    build_mock(out, n_apps=600, seed=11, log=lambda _m: None)
+    return out
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_mock_catalogue_equals_brute_force_oracle(mock_dir: Path, version: str) -> None:
+    mv = load_model_version(mock_dir, version)
+    assert mv.dim == {"v1": 64, "v2": 128}[version]
+    svc = SimilarityService({version: mv})
+    rng = np.random.default_rng(3)
+    cats = sorted(c for c in set(mv.categories.tolist()) if c)  # '' = missing category in sample_apps.csv
+    for i, row in enumerate(rng.choice(mv.size, size=20, replace=False)):
+        app_id = str(mv.ids[row])
+        filters = Filters(category=(cats[i % len(cats)],)) if i % 2 else None
+        res = svc.find_similar(version, Query(app_id=app_id), top_k=15, filters=filters)
+        allowed = np.ones(mv.size, dtype=bool) if filters is None else mv.categories == cats[i % len(cats)]
+        allowed[row] = False
+        assert_matches_oracle(res.neighbours, oracle(mv.vectors, mv.ids, np.asarray(mv.vectors[row]), 15, allowed))
+    # cold start on the company format: the category centroid encoder places a new app in its category
+    cat = cats[0]
+    res = svc.find_similar(version, Query(app=AppMetadata(name="new", category=cat, platform=None)), top_k=10)
+    assert res.encoding == "category_centroid"
+    assert sum(n.category == cat for n in res.neighbours) >= 7

@@ -84,6 +84,7 @@ def build_real(
     versions: tuple[str, ...] = ("v1", "v2"),
     evaluation: bool = True,
     history: bool = True,
+    serving: bool = True,
 ) -> dict[str, Any]:
     """Build ``artifacts/real`` from the raw App Store files. Returns a summary dict."""
     raw, out = Path(raw_dir), Path(out_dir)
@@ -96,7 +97,7 @@ def build_real(
     summary: dict[str, Any] = {"catalogue": len(catalogue), "holdout": len(holdout), "report": report}
     base_inputs = {**raw_hashes, "builder_version": BUILDER_VERSION}
 
-    variants = ((True, ""), (False, "eval/")) if evaluation else ((True, ""),)
+    variants = (((True, ""),) if serving else ()) + (((False, "eval/"),) if evaluation else ())
     for include_category, sub in variants:
         tag = "" if include_category else "-nocat"
         # v1: LSA fitted on the catalogue texts only (the held-out apps are unseen, as new apps are)
