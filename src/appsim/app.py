@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from threadpoolctl import threadpool_limits
 
 from appsim import __version__
+from appsim.api.drift_routes import install_drift
 from appsim.api.errors import install_error_handlers
 from appsim.api.middleware import RequestContextMiddleware
 from appsim.config.settings import Settings, load_settings
@@ -136,6 +137,7 @@ def create_app(settings: Settings | None = None, *, load_in_background: bool = T
     from appsim.api.endpoints import router
 
     app.include_router(router)
+    install_drift(app, container)  # GET /drift + drift hooks (on_loaded, after_request)
     known = {getattr(r, "path", "") for r in app.routes}
     app.add_middleware(
         RequestContextMiddleware, max_body_bytes=s.limits.max_body_bytes, known_routes=known

@@ -61,7 +61,8 @@ def _after(container: Any, request: Request, endpoint: str, version: str, assign
     tags=["similarity"],
     summary="Top-k most similar catalogue apps, by app id, raw vector or new-app metadata",
     responses={404: {"description": "unknown app_id"}, 413: {"description": "body too large"},
-               422: {"description": "invalid input (problem details name the field)"}},
+               422: {"description": "invalid input (problem details name the field)"},
+               503: {"description": "model versions are still loading or failed to load"}},
 )
 def find_similar(body: FindSimilarRequest, request: Request, container: ContainerDep,
                  request_id: RequestIdDep) -> FindSimilarResponse:
@@ -109,6 +110,9 @@ def _check_limits(container: Any, body: Any) -> None:
     response_model=FindSimilarBatchResponse,
     tags=["similarity"],
     summary="Many similarity queries in one call (one matrix product per version); per-item errors",
+    responses={413: {"description": "body too large"},
+               422: {"description": "invalid input (problem details name the field)"},
+               503: {"description": "model versions are still loading or failed to load"}},
 )
 def find_similar_batch(body: FindSimilarBatchRequest, request: Request, container: ContainerDep,
                        request_id: RequestIdDep) -> FindSimilarBatchResponse:

@@ -82,6 +82,38 @@ class PredictionSettings(BaseModel):
     history_file: str = "history_simulated.csv"
 
 
+class DriftConfig(BaseModel):
+    """Input-drift monitoring (``appsim.services.drift``): window sizes and alert thresholds.
+
+    PSI (categorical): ``psi_threshold`` 0.25 = "significant shift" (0.1 = "moderate"; Siddiqi 2006);
+    empty bins get half an observation, at least ``psi_epsilon``. KS (numeric): ``D > ks_threshold``.
+    Wasserstein (numeric): distance / reference standard deviation > ``wasserstein_threshold``. Each also
+    needs significance ``p < alpha`` (chi-square for PSI, KS for both numeric methods).
+    """
+
+    model_config = {"extra": "forbid"}
+
+    enabled: bool = True
+    window_size: int = Field(default=500, ge=10, le=1_000_000)
+    min_samples: int = Field(default=100, ge=10)
+    update_every: int = Field(default=100, ge=1)
+    nn_reference_sample: int = Field(default=1000, ge=10, le=100_000)
+    reference_sample: int = Field(default=20_000, ge=100)
+    projection_components: int = Field(default=3, ge=1, le=16)
+    psi_threshold: float = Field(default=0.25, gt=0)
+    psi_epsilon: float = Field(default=1e-4, gt=0, lt=0.01)
+    ks_threshold: float = Field(default=0.1, gt=0, le=1)
+    wasserstein_threshold: float = Field(default=0.2, gt=0)
+    alpha: float = Field(default=0.01, gt=0, lt=1)
+    seed: int = 20261129
+
+    @model_validator(mode="after")
+    def _min_within_window(self) -> DriftConfig:
+        if self.min_samples > self.window_size:
+            raise ValueError("min_samples must not exceed window_size")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="APPSIM_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -101,7 +133,7 @@ class Settings(BaseSettings):
     admin_api_key: SecretStr | None = None
     prediction: PredictionSettings = PredictionSettings()
     experiments: list[dict[str, Any]] = Field(default_factory=list)
-    drift: dict[str, Any] = Field(default_factory=dict)
+    drift: DriftConfig = DriftConfig()
 
     @field_validator("model_versions")
     @classmethod
