@@ -64,7 +64,7 @@ def _index_factory(settings: Settings, version: str, size: int) -> Any:
             from appsim.backends.ann import make_hnsw_factory
         except ImportError as e:  # pragma: no cover - the ANN backend ships with the package
             raise AppsimError(f"hnsw backend unavailable: {e}") from e
-        return make_hnsw_factory(cfg)
+        return make_hnsw_factory(cfg, threads=settings.threads.blas)  # OpenMP threads per search call
     return ExactIndex
 
 
@@ -110,6 +110,11 @@ def create_app(settings: Settings | None = None, *, load_in_background: bool = T
     s = settings or load_settings()
     configure_logging(s.logging.level, s.logging.json_logs)
     container = Container(settings=s)
+    if s.search.cache_size > 0:  # LRU of repeated similarity queries (appsim.services.cache)
+        from appsim.services.cache import SimilarityCache
+
+        container.extras["cache"] = SimilarityCache(s.search.cache_size)
+        container.extras["search"] = container.extras["cache"].search
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
