@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+import structlog
 from fastapi.responses import ORJSONResponse
 
 from appsim.api.deps import ContainerDep, RequestIdDep, choose_version, to_filters, to_query
@@ -27,6 +28,7 @@ from appsim.observability import render_metrics
 from appsim.services.similarity import SimilarityResult
 
 router = APIRouter()
+log = structlog.get_logger("appsim.api")
 
 
 def _experiment_out(assignment: dict[str, Any] | None) -> ExperimentOut | None:
@@ -46,13 +48,19 @@ def _neighbours(res: SimilarityResult) -> list[NeighbourOut]:
 
 
 def _after(container: Any, request: Request, endpoint: str, version: str, assignment: dict[str, Any] | None,
-           t0: float, error: str | None = None, result: SimilarityResult | None = None) -> None:
-    """Record the exposure (A/B) and feed drift monitoring; never fails the request."""
+           t0: float, error: str | None = None, result: SimilarityResult | None = None, **extra: Any) -> None:
+    """Record the exposure (A/B) and feed drift monitoring; never fails the request. ``extra`` passes
+    ``query`` / ``queries`` / ``results`` through to the hooks."""
+    latency_ms = (time.perf_counter() - t0) * 1000.0
     for hook in container.extras.get("after_request", []):
-        hook(
-            request_id=request.state.request_id, endpoint=endpoint, model_version=version,
-            assignment=assignment, latency_ms=(time.perf_counter() - t0) * 1000.0, error=error, result=result,
-        )
+        try:
+            hook(
+                request_id=request.state.request_id, endpoint=endpoint, model_version=version,
+                assignment=assignment, latency_ms=latency_ms, error=error, result=result, **extra,
+            )
+        except Exception as e:  # noqa: BLE001 - monitoring and tracking never fail a request
+            log.warning("after_request hook failed", hook=getattr(hook, "__qualname__", str(hook)),
+                        error=f"{type(e).__name__}: {e}")
 
 
 @router.post(
@@ -72,15 +80,16 @@ def find_similar(body: FindSimilarRequest, request: Request, container: Containe
     request.state.model_version = version
     if assignment:
         request.state.variant = assignment["variant"]
+    query = to_query(body)
     try:
         _check_limits(container, body)
-        res = container.extras["search"](sim, version, to_query(body), body.top_k, to_filters(body.filters)) \
-            if "search" in container.extras else sim.find_similar(
-                version, to_query(body), body.top_k, to_filters(body.filters))
+        search = container.extras.get("search")
+        res = (search(sim, version, query, body.top_k, to_filters(body.filters)) if search is not None
+               else sim.find_similar(version, query, body.top_k, to_filters(body.filters)))
     except AppsimError as e:
         _after(container, request, "find-similar", version, assignment, t0, error=e.code)
         raise
-    _after(container, request, "find-similar", version, assignment, t0, result=res)
+    _after(container, request, "find-similar", version, assignment, t0, result=res, query=query)
     return FindSimilarResponse(
         request_id=request_id,
         model_version=version,
@@ -138,12 +147,16 @@ def find_similar_batch(body: FindSimilarBatchRequest, request: Request, containe
         else:
             items[i] = BatchItemOut(index=i, ok=True, query=QueryInfoOut(kind=r.query_kind, encoding=r.encoding),  # type: ignore[arg-type]
                                     results=_neighbours(r))
-    _after(container, request, "find-similar-batch", version, assignment, t0)
-    return FindSimilarBatchResponse(
+    _after(container, request, "find-similar-batch", version, assignment, t0,
+           queries=[q for _, q in queries], results=results)
+    out = FindSimilarBatchResponse(
         request_id=request_id, model_version=version, experiment=_experiment_out(assignment),
         top_k=sim.check_top_k(body.top_k), items=[it for it in items if it is not None],
         latency_ms=round((time.perf_counter() - t0) * 1000.0, 3),
     )
+    # serialise here, in the worker thread: a 256 x top-100 answer is MBs of JSON and must not hold the
+    # event loop
+    return ORJSONResponse(out.model_dump())  # type: ignore[return-value]
 
 
 def _problem(e: AppsimError, prefix: str) -> dict[str, Any]:

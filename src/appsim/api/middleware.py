@@ -134,5 +134,5 @@ class RequestContextMiddleware:
             try:
                 orjson.loads(body)
             except orjson.JSONDecodeError as e:
-                return 422, "invalid-json", f"request body is not strict JSON (NaN/Infinity are not allowed): {e}"
+                return 422, "invalid-json", f"request body is not valid strict JSON (RFC 8259; NaN and Infinity are not JSON): {e}"
         return body

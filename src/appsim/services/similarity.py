@@ -224,10 +224,11 @@ class SimilarityService:
                 raise DimensionMismatchError(mv.dim, int(v.shape[0]), model_version=mv.name)
             if not np.isfinite(v).all():
                 raise InvalidVectorError("vector contains NaN or Infinity", field="vector")
-            norm = float(np.linalg.norm(v))
-            if norm == 0.0:
+            scale = float(np.abs(v).max(initial=0.0))
+            if scale == 0.0:
                 raise InvalidVectorError("vector is all zeros: cosine similarity is undefined", field="vector")
-            return (v / norm).astype(np.float32), None, None
+            v = v / scale  # components up to 1e308 or down to 1e-308 would over/underflow the norm
+            return (v / np.linalg.norm(v)).astype(np.float32), None, None
         app = query.app
         assert app is not None
         if mv.encoder is None:
