@@ -143,6 +143,11 @@ def create_app(settings: Settings | None = None, *, load_in_background: bool = T
 
     app.include_router(router)
     install_drift(app, container)  # GET /drift + drift hooks (on_loaded, after_request)
+    from appsim.api.ab_routes import router as ab_router
+    from appsim.api.ab_wiring import install_ab
+
+    install_ab(container)  # event store + A/B controller: extras["ab"], exposure hook, close on shutdown
+    app.include_router(ab_router)  # /feedback, /experiments, /experiments/{id}[/weights|/audit]
     known = {getattr(r, "path", "") for r in app.routes}
     app.add_middleware(
         RequestContextMiddleware, max_body_bytes=s.limits.max_body_bytes, known_routes=known

@@ -13,9 +13,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from appsim.cli_ab import ab_app
+
 app = typer.Typer(help="appsim: similar apps, performance prediction and v1/v2 A/B testing.", no_args_is_help=True)
 data_app = typer.Typer(help="Build, generate and import catalogues.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(ab_app, name="ab")
 console = Console()
 
 REPO_RAW = Path("data/raw/apple-appstore")

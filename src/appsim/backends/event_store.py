@@ -596,6 +596,51 @@ class SQLAlchemyEventStore:
                 f"no exposure recorded for request_id {o.request_id!r}", field="request_id"
             ) from exc
 
+    def record_outcomes(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        """Store a batch of outcomes in ONE transaction, all or nothing; returns, per input, ``True`` when it
+        was recorded now and ``False`` when its ``event_id`` was already recorded (or repeated earlier in
+        the batch: the first occurrence wins).
+
+        Raises ``ValidationError`` (``extra['index']`` the position, ``field`` the field), ``NotFoundError``
+        when any ``request_id`` has no exposure (``extra['index']`` the first such position,
+        ``extra['request_ids']`` all of them; nothing written) or ``UnavailableError``.
+        """
+        rows: list[dict[str, Any]] = []
+        for index, o in enumerate(outcomes):
+            try:
+                rows.append(validate_outcome(o))
+            except ValidationError as exc:
+                raise ValidationError(
+                    f"outcomes[{index}]: {exc.detail}", field=exc.field, index=index
+                ) from exc
+        if not rows:
+            return []
+        first_of: dict[str, int] = {}
+        for index, row in enumerate(rows):
+            first_of.setdefault(row["event_id"], index)
+        unique = [rows[i] for i in sorted(first_of.values())]
+        request_ids = sorted({row["request_id"] for row in rows})
+        stmt = self._insert(_OUTCOMES).on_conflict_do_nothing(index_elements=["event_id"])
+        with self._write("record_outcomes") as conn:
+            known: set[str] = set()
+            for start in range(0, len(request_ids), 500):
+                chunk = request_ids[start : start + 500]
+                known.update(
+                    conn.scalars(sa.select(_EXPOSURES.c.request_id).where(_EXPOSURES.c.request_id.in_(chunk)))
+                )
+            missing = [i for i, row in enumerate(rows) if row["request_id"] not in known]
+            if missing:
+                first = rows[missing[0]]["request_id"]
+                raise NotFoundError(
+                    f"no exposure recorded for request_id {first!r}"
+                    + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
+                    field="request_id",
+                    index=missing[0],
+                    request_ids=sorted({rows[i]["request_id"] for i in missing}),
+                )
+            inserted = set(conn.execute(stmt.returning(_OUTCOMES.c.event_id), unique).scalars())
+        return [first_of[row["event_id"]] == i and row["event_id"] in inserted for i, row in enumerate(rows)]
+
     def record_audit(self, actor: str, action: str, payload: dict) -> None:
         """Append an audit entry (``ts`` = now, UTC). ``payload`` must be a JSON-serialisable dict (values
         that are not JSON types are stored as ``str(value)``; NaN / inf are refused). Raises
@@ -926,6 +971,26 @@ class BufferedEventStore:
                         f"exposure {o.request_id!r} is buffered; the event store is unavailable, retry later"
                     )
         return self.inner.record_outcome(o)
+
+    def record_outcomes(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        """As the inner store's batch (all or nothing; one call per outcome, NOT atomic, when the inner store
+        has no batch method). Exposures of the batch still queued are flushed first; ``UnavailableError``
+        when they cannot be (never a false ``NotFoundError``)."""
+        ids = {o.request_id for o in outcomes}
+        with self._lock:
+            queued = bool(ids & self._queued_ids)
+        if queued:
+            self.flush()
+            with self._lock:
+                still = sorted(ids & self._queued_ids)
+            if still:
+                raise UnavailableError(
+                    f"exposures {still[:5]} are buffered; the event store is unavailable, retry later"
+                )
+        batch = getattr(self.inner, "record_outcomes", None)
+        if batch is not None:
+            return list(batch(outcomes))
+        return [self.inner.record_outcome(o) for o in outcomes]
 
     def exposures(self, experiment_id: str) -> pd.DataFrame:
         """As the inner store, after trying to flush the queue (queued exposures are not in the result)."""

@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from appsim.errors import ValidationError
-from appsim.services.ab_events import EventStore
+from appsim.services.ab_events import EventStore, Exposure, Outcome
 from appsim.services.ab_testing import ABTestController
 
 SIM_START = datetime(2026, 1, 5, tzinfo=UTC)  # a Monday
@@ -38,6 +39,62 @@ LATENCY_MEDIAN_MS = 60.0
 LATENCY_SIGMA = 0.35
 REVENUE_MEAN = 1.5
 LOST_TREATMENT_SHARE = 0.10
+
+
+class WriteBehindStore:
+    """Collects the controller's writes in memory and writes them in bulk before any read (the bulk path
+    of the simulation: one transaction per look instead of one per event, ~5 ms each on SQLite).
+
+    ``record_outcome`` returns ``True`` at once (the simulation never repeats an event id nor sends an
+    outcome without its exposure; a store error surfaces at the next read). Uses the inner store's
+    ``record_exposures`` / ``record_outcomes`` when it has them, one call per event otherwise. Audit
+    entries and reads go straight through (reads after :meth:`flush`).
+    """
+
+    def __init__(self, inner: EventStore) -> None:
+        self.inner = inner
+        self._exposures: list[Exposure] = []
+        self._outcomes: list[Outcome] = []
+
+    def record_exposure(self, e: Exposure) -> None:
+        self._exposures.append(e)
+
+    def record_outcome(self, o: Outcome) -> bool:
+        self._outcomes.append(o)
+        return True
+
+    def flush(self) -> None:
+        """Write what was collected: exposures first (outcomes reference them), then outcomes."""
+        exposures, self._exposures = self._exposures, []
+        outcomes, self._outcomes = self._outcomes, []
+        if exposures:
+            many = getattr(self.inner, "record_exposures", None)
+            if many is not None:
+                many(exposures)
+            else:
+                for e in exposures:
+                    self.inner.record_exposure(e)
+        if outcomes:
+            batch = getattr(self.inner, "record_outcomes", None)
+            if batch is not None:
+                batch(outcomes)
+            else:
+                for o in outcomes:
+                    self.inner.record_outcome(o)
+
+    def exposures(self, experiment_id: str) -> pd.DataFrame:
+        self.flush()
+        return self.inner.exposures(experiment_id)
+
+    def outcomes(self, experiment_id: str) -> pd.DataFrame:
+        self.flush()
+        return self.inner.outcomes(experiment_id)
+
+    def record_audit(self, actor: str, action: str, payload: dict) -> None:
+        self.inner.record_audit(actor, action, payload)
+
+    def audit_log(self, limit: int = 100) -> list[dict]:
+        return self.inner.audit_log(limit)
 
 
 @dataclass
@@ -84,6 +141,8 @@ def simulate(
     config_overrides: Mapping[str, Any] | None = None,
     stop_on_decision: bool = True,
     echo: Callable[[str], None] | None = None,
+    on_look: Callable[[dict[str, Any]], None] | None = None,
+    batch_writes: bool = True,
 ) -> SimulationResult:
     """Run a simulated experiment with a planted effect through the real controller and ``store``.
 
@@ -96,7 +155,9 @@ def simulate(
     ``looks_per_day``: reports per simulated day; ``out_png``: where to save the plot (matplotlib Agg).
     ``config_overrides`` updates the experiment config (defaults: ``auto_rollback=True``,
     ``baseline_rate=base_rate``); ``stop_on_decision`` ends at the first decision other than
-    ``keep_running``; ``echo`` receives one line per look. Raises ``ValidationError``.
+    ``keep_running``; ``echo`` receives one line per look and ``on_look`` each trajectory point;
+    ``batch_writes`` writes each look's events in bulk (:class:`WriteBehindStore`) instead of one
+    transaction per event. Raises ``ValidationError``.
     """
     if store is None:
         raise ValidationError("simulate needs an EventStore (the CLI passes the SQLite store)", field="store")
@@ -120,7 +181,8 @@ def simulate(
     }
     cfg.update(config_overrides or {})
     now = [SIM_START]
-    controller = ABTestController([cfg], store, clock=lambda: now[0], restore_from_audit=False)
+    sink: EventStore = WriteBehindStore(store) if batch_writes else store
+    controller = ABTestController([cfg], sink, clock=lambda: now[0], restore_from_audit=False)
     rng = np.random.default_rng(seed)
     total = days * traffic_per_day
     pool = max(100, total // 3)
@@ -172,6 +234,8 @@ def simulate(
         trajectory.append(point)
         if echo is not None:
             echo(_format_point(point, names))
+        if on_look is not None:
+            on_look(point)
         if report["decision"] != "keep_running" and decided_at is None:
             decided_at = look + 1
             if stop_on_decision:

@@ -297,6 +297,7 @@ class ABTestController:
             first.variant(first.control_name).model_version if first else "v1"
         )
         self._lock = threading.RLock()
+        self._generation = 0  # bumped by every local weight change (see sync_weights_from_audit)
         epoch0 = datetime.min.replace(tzinfo=UTC)
         self._epochs: dict[str, list[_Epoch]] = {
             c.id: [_Epoch(epoch0, dict(c.weights))] for c in self._configs.values()
@@ -348,6 +349,37 @@ class ABTestController:
         except Exception as exc:  # a store without history must not prevent start-up
             log.warning("ab.restore_failed", error=str(exc))
             return 0
+        changes = self._audited_changes(entries)
+        with self._lock:
+            for ts, exp_id, w in changes:
+                self._epochs[exp_id].append(_Epoch(ts, w))
+        return len(changes)
+
+    def sync_weights_from_audit(self, limit: int = 10000) -> bool:
+        """Rebuild every experiment's weight epochs from the config and the store's audit log, so that a
+        change made by ANOTHER process (an API worker, an auto-rollback) takes effect here too.
+
+        Returns ``True`` when the weights in force or their history changed. Raises the store's errors
+        (``UnavailableError``); the epochs are left untouched then.
+        """
+        with self._lock:
+            generation = self._generation
+        changes = self._audited_changes(self.store.audit_log(limit=limit))
+        epoch0 = datetime.min.replace(tzinfo=UTC)
+        rebuilt = {c.id: [_Epoch(epoch0, dict(c.weights))] for c in self._configs.values()}
+        for ts, exp_id, w in changes:
+            rebuilt[exp_id].append(_Epoch(ts, w))
+        with self._lock:
+            if generation != self._generation:  # changed here while reading: the next sync catches up
+                return False
+            changed = rebuilt != self._epochs
+            if changed:
+                self._epochs = rebuilt
+        return changed
+
+    def _audited_changes(self, entries: Sequence[Mapping[str, Any]]) -> list[tuple[datetime, str, dict]]:
+        """The valid weight changes of ``entries`` as ``(effective_at, experiment_id, weights)``, oldest
+        first (entries of unknown experiments or with invalid weights are skipped)."""
         changes = []
         for entry in entries:
             payload = entry.get("payload") or {}
@@ -363,10 +395,7 @@ class ABTestController:
                 continue
             changes.append((ts, exp_id, w))
         changes.sort(key=lambda c: c[0])
-        with self._lock:
-            for ts, exp_id, w in changes:
-                self._epochs[exp_id].append(_Epoch(ts, w))
-        return len(changes)
+        return changes
 
     # ---- serving path
 
@@ -492,17 +521,68 @@ class ABTestController:
             Outcome(event_id, request_id, outcome_kind, v, as_utc(ts or self._clock()))
         )
 
+    def record_outcomes(self, items: Sequence[Mapping[str, Any]]) -> list[bool]:
+        """Record a batch of outcomes, all or nothing: every item is validated first (as
+        :meth:`record_outcome`; keys ``request_id``, ``kind``, ``event_id``, optional ``value`` (1.0) and
+        ``ts`` (now)), then written in one transaction when the store has ``record_outcomes``.
+
+        Returns, per item, ``True`` if recorded now, ``False`` if its ``event_id`` was already recorded
+        (idempotent; a repeat inside the batch counts as already recorded). Raises ``ValidationError`` /
+        ``NotFoundError`` with ``extra['index']`` naming the item (nothing written) or the store's
+        ``UnavailableError``.
+        """
+        outcomes: list[Outcome] = []
+        now = as_utc(self._clock())
+        for index, item in enumerate(items):
+            try:
+                kind = item.get("kind")
+                if kind not in OUTCOME_KINDS:
+                    raise ValidationError(
+                        f"kind must be one of {', '.join(OUTCOME_KINDS)}, got {kind!r}", field="kind"
+                    )
+                event_id, request_id = item.get("event_id"), item.get("request_id")
+                if not event_id or not isinstance(event_id, str):
+                    raise ValidationError("event_id is required (idempotency key)", field="event_id")
+                if not request_id or not isinstance(request_id, str):
+                    raise ValidationError("request_id is required", field="request_id")
+                raw = item.get("value", 1.0)
+                try:
+                    v = float(raw)
+                except (TypeError, ValueError):
+                    raise ValidationError("value must be a number", field="value") from None
+                if not math.isfinite(v) or v < 0:
+                    raise ValidationError(f"value must be finite and >= 0, got {raw!r}", field="value")
+            except ValidationError as exc:
+                raise ValidationError(exc.detail, field=exc.field, index=index) from None
+            ts = item.get("ts")
+            outcomes.append(
+                Outcome(event_id, request_id, cast(OutcomeKind, kind), v, as_utc(ts) if ts else now)
+            )
+        batch = getattr(self.store, "record_outcomes", None)
+        if batch is not None:
+            return list(batch(outcomes))
+        return [self.store.record_outcome(o) for o in outcomes]
+
     # ---- admin
 
     def set_weights(
-        self, experiment_id: str, weights: Mapping[str, float], actor: str, *, reason: str | None = None
+        self,
+        experiment_id: str,
+        weights: Mapping[str, float],
+        actor: str,
+        *,
+        reason: str | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> dict[str, float]:
         """Change an experiment's weights at runtime (ramp, pause, rollback); audited as ``ab.set_weights``.
 
         Variants missing from ``weights`` get 0; the weights must be known variants in [0, 1] summing to 1.
-        Returns the weights now in force. Raises ``NotFoundError`` or ``ValidationError``.
+        ``extra`` adds keys to the audit payload (e.g. the admin key's id). Returns the weights now in
+        force. Raises ``NotFoundError`` or ``ValidationError``.
         """
-        return self._apply_weights(experiment_id, weights, actor, ACTION_SET_WEIGHTS, reason=reason)
+        return self._apply_weights(
+            experiment_id, weights, actor, ACTION_SET_WEIGHTS, reason=reason, extra=extra
+        )
 
     def _apply_weights(
         self,
@@ -531,6 +611,7 @@ class ABTestController:
             }
             self.store.record_audit(actor, action, jsonable(payload))
             self._epochs[experiment_id].append(_Epoch(effective_at, new))
+            self._generation += 1
         log.info("ab.weights_changed", experiment_id=experiment_id, actor=actor, action=action, weights=new)
         return dict(new)
 
