@@ -142,6 +142,11 @@ def create_app(settings: Settings | None = None, *, load_in_background: bool = T
     from appsim.api.endpoints import router
 
     app.include_router(router)
+    from appsim.api.predict_routes import load_prediction
+    from appsim.api.predict_routes import router as predict_router
+
+    container.extras.setdefault("on_loaded", []).append(load_prediction)  # HistoryStats, built once
+    app.include_router(predict_router)  # POST /predict
     install_drift(app, container)  # GET /drift + drift hooks (on_loaded, after_request)
     from appsim.api.ab_routes import router as ab_router
     from appsim.api.ab_wiring import install_ab
