@@ -76,7 +76,9 @@ def test_serve_refuses_bad_config_with_message() -> None:
     assert "default_top_k" in (p.stdout + p.stderr)
 
 
-def test_one_json_log_line_per_request(client: TestClient, capsys: pytest.CaptureFixture[str]) -> None:
+def test_one_json_log_line_per_request(settings_factory, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    client = TestClient(create_app(settings_factory(logging={"level": "INFO", "json": True}),
+                                   load_in_background=False))
     capsys.readouterr()
     client.post("/find-similar", json={"vector": [0.3] * 64, "model_version": "v1", "top_k": 2},
                 headers={"X-Request-ID": "log-test-1"})
