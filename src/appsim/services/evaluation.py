@@ -709,7 +709,7 @@ def evaluate(
             out["mock"] = evaluate_mock(
                 tmp, k=k, neighbours=neighbours, resamples=resamples, seed=seed, log=log
             )
-        out["meta"]["mock_dir"] = f"built on the fly (build_mock n_apps={mock_apps}, seed={mock_seed})"
+        out["meta"]["mock_dir"] = f"built on the fly: build_mock(n_apps={mock_apps}, seed={mock_seed})"
     out["verdict"] = verdict(out)
     out["meta"]["seconds"] = round(time.perf_counter() - t0, 1)
     return out
@@ -975,7 +975,7 @@ def plot(results: Mapping[str, Any], path: str | Path) -> None:
     ax.set_xlim(lowest - 0.05 if lowest < 0 else 0.0, 1.0)
     ax.set_xlabel("Spearman rank correlation with the actual value")
     ax.set_title("Ranking quality")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper right")
     fig.suptitle(f"appsim offline evaluation ({results['meta']['date'][:10]}); campaign rates are SIMULATED")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
