@@ -26,7 +26,7 @@ from appsim.api.errors import install_error_handlers
 from appsim.api.middleware import RequestContextMiddleware
 from appsim.config.settings import Settings, load_settings
 from appsim.data.catalogue import load_model_version, read_apps
-from appsim.errors import AppsimError, UnavailableError
+from appsim.errors import AppsimError, DataError, UnavailableError
 from appsim.observability import MODELS_LOADED, configure_logging
 from appsim.services.similarity import ModelVersion, SimilarityService
 
@@ -101,7 +101,8 @@ def load_all(container: Container) -> None:
             seconds=round(container.load_seconds, 3),
         )
     except Exception as e:  # noqa: BLE001 - any failure keeps the service un-ready with the reason
-        container.load_error = f"{type(e).__name__}: {e}"
+        check = f" [check: {e.check}]" if isinstance(e, DataError) and e.check else ""
+        container.load_error = f"{type(e).__name__}: {e}{check}"
         log.error("model versions failed to load", error=container.load_error)
 
 
@@ -118,8 +119,12 @@ def create_app(settings: Settings | None = None, *, load_in_background: bool = T
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # bound BLAS/OpenMP threads in this worker (one per worker by default)
+        # bound BLAS/OpenMP threads in this worker (one per worker by default), and the threads that run
+        # CPU-bound routes off the event loop
         threadpool_limits(limits=s.threads.blas)
+        import anyio.to_thread
+
+        anyio.to_thread.current_default_thread_limiter().total_tokens = s.threads.search_workers
         if load_in_background:
             threading.Thread(target=load_all, args=(container,), name="appsim-loader", daemon=True).start()
         for hook in container.extras.get("on_startup", []):
@@ -153,6 +158,9 @@ def create_app(settings: Settings | None = None, *, load_in_background: bool = T
 
     install_ab(container)  # event store + A/B controller: extras["ab"], exposure hook, close on shutdown
     app.include_router(ab_router)  # /feedback, /experiments, /experiments/{id}[/weights|/audit]
+    from appsim.api.admin_routes import router as admin_router
+
+    app.include_router(admin_router)  # POST /admin/reload/{model_version} (X-API-Key: api.security)
     known = {getattr(r, "path", "") for r in app.routes}
     app.add_middleware(
         RequestContextMiddleware, max_body_bytes=s.limits.max_body_bytes, known_routes=known
