@@ -43,6 +43,41 @@ def _texts(df: pd.DataFrame, include_category: bool) -> list[str]:
     ]
 
 
+def _encode_chunk(args: tuple[list[str], bool]) -> np.ndarray:
+    from threadpoolctl import threadpool_limits
+
+    from appsim.backends.minilm import MiniLMEncoder
+
+    texts, include_category = args
+    with threadpool_limits(limits=1):
+        return MiniLMEncoder(include_category=include_category).encode_texts(texts)
+
+
+def encode_parallel(
+    texts: list[str], *, include_category: bool, progress: bool = True, log: Log = print,
+    processes: int | None = None, chunk: int = 256,
+) -> np.ndarray:
+    """MiniLM-encode ``texts`` in ``processes`` worker processes (default: one per core), one BLAS thread
+    each: on a shared 2-core machine two single-threaded processes beat one 2-thread process several
+    times over (OpenBLAS' thread sync; docs/benchmarks.md). Returns ``(len(texts), 384) float32`` in
+    input order, identical to a single-process encode (each text is encoded independently)."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from tqdm import tqdm
+
+    n = processes or max(1, os.cpu_count() or 1)
+    chunks = [texts[i : i + chunk] for i in range(0, len(texts), chunk)]
+    log(f"encoding {len(texts)} texts with MiniLM in {n} processes")
+    out: list[np.ndarray] = []
+    with ProcessPoolExecutor(max_workers=n, mp_context=get_context("spawn")) as pool:
+        it = pool.map(_encode_chunk, [(c, include_category) for c in chunks])
+        for arr in tqdm(it, total=len(chunks), unit="chunk", disable=not progress):
+            out.append(arr)
+    return np.concatenate(out, axis=0) if out else np.zeros((0, 384), dtype=np.float32)
+
+
 def _up_to_date(out: Path, inputs: dict[str, str]) -> bool:
     m = out / MANIFEST
     if not m.is_file():
@@ -143,7 +178,7 @@ def build_real(
         if force or not _up_to_date(v2_out, v2_inputs):
             t0 = time.perf_counter()
             texts = _texts(catalogue, include_category) + _texts(holdout, include_category)
-            allv = enc2.encode_texts(texts, progress=progress)
+            allv = encode_parallel(texts, include_category=include_category, progress=progress, log=log)
             n = len(catalogue)
             (v2_out / "encoder").mkdir(parents=True, exist_ok=True)
             (v2_out / "encoder" / "fingerprint.json").write_text(json.dumps(fp, indent=2, sort_keys=True) + "\n")
