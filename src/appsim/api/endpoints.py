@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 import structlog
 from fastapi.responses import ORJSONResponse
 
-from appsim.api.deps import ContainerDep, RequestIdDep, choose_version, to_filters, to_query
+from appsim.api.deps import ContainerDep, RequestIdDep, choose_version, get_container, to_filters, to_query
 from appsim.api.schemas import (
     BatchItemOut,
     ExperimentOut,
@@ -72,9 +72,12 @@ def _after(container: Any, request: Request, endpoint: str, version: str, assign
                422: {"description": "invalid input (problem details name the field)"},
                503: {"description": "model versions are still loading or failed to load"}},
 )
-def find_similar(body: FindSimilarRequest, request: Request, container: ContainerDep,
-                 request_id: RequestIdDep) -> FindSimilarResponse:
+def find_similar(body: FindSimilarRequest, request: Request) -> FindSimilarResponse:
+    # the container and the request id are read here, not through Depends(): each sync dependency costs a
+    # thread-pool round trip per request (docs/benchmarks.md, "API overhead")
     t0 = time.perf_counter()
+    container = get_container(request)
+    request_id = str(request.state.request_id)
     sim = container.require_similarity()
     version, assignment = choose_version(container, body, request_id)
     request.state.model_version = version
@@ -90,7 +93,7 @@ def find_similar(body: FindSimilarRequest, request: Request, container: Containe
         _after(container, request, "find-similar", version, assignment, t0, error=e.code)
         raise
     _after(container, request, "find-similar", version, assignment, t0, result=res, query=query)
-    return FindSimilarResponse(
+    out = FindSimilarResponse(
         request_id=request_id,
         model_version=version,
         experiment=_experiment_out(assignment),
@@ -100,6 +103,8 @@ def find_similar(body: FindSimilarRequest, request: Request, container: Containe
         results=_neighbours(res),
         latency_ms=round((time.perf_counter() - t0) * 1000.0, 3),
     )
+    # serialised here: a returned model would be re-validated by FastAPI in one more thread-pool round trip
+    return Response(out.model_dump_json(), media_type="application/json")  # type: ignore[return-value]
 
 
 def _check_limits(container: Any, body: Any) -> None:
