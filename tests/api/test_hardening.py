@@ -420,7 +420,7 @@ def test_health_answers_in_milliseconds_while_heavy_queries_run(server_url: str)
           f"concurrent heavy requests completed: {len(heavy)}, median cold start (4,000 chars) "
           f"{med['/find-similar']:.0f} ms, median batch of 64 {med['/find-similar/batch']:.0f} ms")
     assert all(status == 200 for _, _, status in heavy), {s for _, _, s in heavy}
-    assert len(heavy) >= 4 and len(probes) >= 100
+    assert len(heavy) >= workers and len(probes) >= 100  # every heavy client finished at least one request
     assert p[1] < 50.0, f"/health p95 {p[1]:.1f} ms while CPU-bound queries run: the event loop is blocked"
 
 
