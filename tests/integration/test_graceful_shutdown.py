@@ -63,7 +63,7 @@ def write_config(path: Path, catalogue: Path, versions: list[str], events: Path)
         catalogue_dir=str(catalogue),
         model_versions={v: {"path": v, "index": {"backend": "exact"}} for v in versions},
         default_model_version=versions[-1], experiments=[], event_store={"url": f"sqlite:///{events}"},
-        logging={"level": "WARNING", "json": True},
+        logging={"level": "INFO", "json": True},  # "model versions loaded": one line per worker
     )
     cfg["search"]["cache_size"] = 0  # every batch computes
     path.write_text(yaml.safe_dump(cfg, sort_keys=True))
@@ -92,8 +92,10 @@ class LiveServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(self.url + "/health/ready", timeout=2.0).status_code == 200:
+            loaded = self.log.read_text(errors="replace").count('"event": "model versions loaded"')
+            try:  # every worker has loaded (a request may reach any of them) and the service is ready
+                ready = httpx.get(self.url + "/health/ready", timeout=2.0).status_code == 200
+                if loaded >= self.workers and ready:
                     return self
             except httpx.HTTPError:
                 pass
