@@ -135,6 +135,9 @@ def render_metrics() -> tuple[bytes, str]:
             prune_dead_workers()
         registry = CollectorRegistry()
         prom_mp.MultiProcessCollector(registry)
+        for _ in range(2):  # another worker pruned a dead worker's file between listing and reading it
+            with contextlib.suppress(FileNotFoundError):
+                return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST
 

@@ -204,9 +204,17 @@ def test_request_counts_aggregate_across_two_workers(server: dict[str, Any]) -> 
     scrapes: list[dict[SampleKey, float]] = []
     done = threading.Event()
 
+    scrape_errors: list[str] = []
+
     def scraper() -> None:
         while not done.is_set():
-            scrapes.append(scrape(url))
+            try:
+                scrapes.append(scrape(url))
+            except httpx.HTTPError as e:  # a slow scrape on the loaded machine is not a metrics error
+                scrape_errors.append(f"{type(e).__name__}: {e}")
+            except AssertionError as e:  # a non-200 scrape is
+                scrape_errors.append(f"non-200 scrape: {e}")
+                return
             time.sleep(0.2)
 
     t = threading.Thread(target=scraper)
@@ -218,6 +226,7 @@ def test_request_counts_aggregate_across_two_workers(server: dict[str, Any]) -> 
         done.set()
         t.join(timeout=30)
     assert senders.statuses.count(200) == N_FIRST, f"non-200 answers: {set(senders.statuses) - {200}}"
+    assert not [e for e in scrape_errors if e.startswith("non-200")], scrape_errors
     answered = pids_with(mpdir, "counter") & workers
     assert len(answered) == 2, f"only workers {answered} of {workers} answered requests"
 
@@ -244,5 +253,5 @@ def test_request_counts_aggregate_across_two_workers(server: dict[str, Any]) -> 
     final = [scrape(url) for _ in range(4)]
     assert [requests_sum(x) for x in final] == [N_FIRST + N_SECOND] * 4
     check_never_down([*scrapes, m, *final])
-    print(f"\n{len(scrapes) + 5} scrapes, workers {sorted(workers)} (killed {victim}); "
-          f"find-similar total {N_FIRST + N_SECOND} in every final scrape")
+    print(f"\n{len(scrapes) + 5} scrapes ({len(scrape_errors)} transport errors), workers {sorted(workers)} "
+          f"(killed {victim}); find-similar total {N_FIRST + N_SECOND} in every final scrape")
