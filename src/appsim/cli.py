@@ -41,6 +41,12 @@ def serve(
     except ConfigError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from None
+    # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal once it has restored the
+    # previous handler: exit 0 for that clean drain, so restart policies do not count it as a crash
+    import signal
+    import sys
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="appsim-prom-")
     uvicorn.run(
