@@ -68,10 +68,11 @@ def _index_factory(settings: Settings, version: str, size: int) -> Any:
     return ExactIndex
 
 
-def load_version(settings: Settings, version: str) -> ModelVersion:
-    """Load one configured version from ``catalogue_dir`` (raises ArtifactError on any failed check)."""
+def load_version(settings: Settings, version: str, apps: Any = None) -> ModelVersion:
+    """Load one configured version from ``catalogue_dir`` (raises ArtifactError on any failed check).
+    ``apps``: the catalogue metadata if already read (read once for all versions at start-up)."""
     root = Path(settings.catalogue_dir)
-    apps = read_apps(root)
+    apps = read_apps(root) if apps is None else apps
     cfg = settings.model_versions[version]
     from appsim.data.artifacts import load_version_artifact
 
@@ -80,12 +81,16 @@ def load_version(settings: Settings, version: str) -> ModelVersion:
     return load_model_version(root, version, apps=apps, subdir=cfg.path, index_factory=factory)
 
 
-def load_all(container: Container) -> None:
+def load_all(container: Container, *, after_ready_in_background: bool = True) -> None:
+    """Load every configured version, run the ``on_loaded`` hooks, mark ready, then run the
+    ``after_ready`` hooks (monitoring references: they never delay readiness) in a background thread."""
     s = container.settings
     t0 = time.perf_counter()
     try:
         with threadpool_limits(limits=s.threads.blas):
-            versions = {name: load_version(s, name) for name in s.model_versions}
+            apps = read_apps(Path(s.catalogue_dir))
+            container.extras["apps"] = apps
+            versions = {name: load_version(s, name, apps) for name in s.model_versions}
         container.similarity = SimilarityService(
             versions, default_top_k=s.search.default_top_k, max_top_k=s.search.max_top_k
         )
@@ -95,6 +100,12 @@ def load_all(container: Container) -> None:
             hook(container)
         container.load_seconds = time.perf_counter() - t0
         container.ready = True
+        after = container.extras.get("after_ready", [])
+        if after_ready_in_background:
+            threading.Thread(target=_run_hooks, args=(after, container), name="appsim-after-ready",
+                             daemon=True).start()
+        else:
+            _run_hooks(after, container)
         log.info(
             "model versions loaded",
             versions={n: {"count": v.size, "dim": v.dim} for n, v in versions.items()},
@@ -104,6 +115,16 @@ def load_all(container: Container) -> None:
         check = f" [check: {e.check}]" if isinstance(e, DataError) and e.check else ""
         container.load_error = f"{type(e).__name__}: {e}{check}"
         log.error("model versions failed to load", error=container.load_error)
+
+
+def _run_hooks(hooks: list[Any], container: Container) -> None:
+    for hook in hooks:
+        try:
+            with threadpool_limits(limits=container.settings.threads.blas):
+                hook(container)
+        except Exception as e:  # noqa: BLE001 - a monitoring hook never takes the service down
+            log.error("after_ready hook failed", hook=getattr(hook, "__qualname__", str(hook)),
+                      error=f"{type(e).__name__}: {e}")
 
 
 def create_app(settings: Settings | None = None, *, load_in_background: bool = True) -> FastAPI:
@@ -166,7 +187,7 @@ def create_app(settings: Settings | None = None, *, load_in_background: bool = T
         RequestContextMiddleware, max_body_bytes=s.limits.max_body_bytes, known_routes=known
     )
     if not load_in_background:
-        load_all(container)
+        load_all(container, after_ready_in_background=False)
     return app
 
 

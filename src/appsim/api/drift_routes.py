@@ -111,6 +111,9 @@ def update_gauges(report: dict[str, Any]) -> None:
 def _descriptions(container: Any) -> pd.DataFrame | None:
     """``app_id`` / ``description`` of the catalogue (only the two columns drift needs; the loader has already
     validated the file), or None: description_length is then not monitored."""
+    apps = container.extras.get("apps")
+    if apps is not None and {"app_id", "description"} <= set(apps.columns):
+        return apps[["app_id", "description"]].astype(str)
     try:
         path = Path(container.settings.catalogue_dir) / APPS_FILE
         return pd.read_csv(path, usecols=["app_id", "description"], dtype=str, keep_default_na=False,
@@ -176,7 +179,8 @@ def install_drift(app: FastAPI, container: Any) -> DriftMonitor:
     monitor = DriftMonitor(container.settings.drift, on_refresh=update_gauges)
     container.extras["drift"] = monitor
     if container.settings.drift.enabled:
-        container.extras.setdefault("on_loaded", []).append(build_references)
+        # after readiness, in the background: monitoring never delays serving
+        container.extras.setdefault("after_ready", []).append(build_references)
         container.extras.setdefault("on_reloaded", []).append(rebuild_reference)
         container.extras.setdefault("after_request", []).append(make_after_request(monitor))
     app.include_router(router)
