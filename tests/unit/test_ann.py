@@ -1,8 +1,8 @@
 """HNSWIndex congruence with ExactIndex (same neighbours, same order, filters before ranking, tie-breaking),
 its contract edge cases, the filter paths, OpenMP threads per calling thread, the app wiring (/health
 recall), and recall@20 >= 0.95 on a 100k clustered synthetic catalogue. The 100k tests are marked ``slow``
-but run by default: their module fixture (generate 100.5k x 64, build one graph, measure recall) costs ~25 s
-of CPU, 35 s wall on a quiet moment and 125 s with the shared 2-core box at load 6."""
+but run by default: their module fixture (generate 100.5k x 64, build one graph, measure recall) costs
+15-25 s of CPU: 15 s wall on the shared 2-core box at load 4, 125 s at load 6."""
 
 from __future__ import annotations
 
