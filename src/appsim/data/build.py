@@ -150,14 +150,20 @@ def build_real(
             t0 = time.perf_counter()
             from appsim.backends.tfidf_svd import TfidfSvdEncoder
 
-            enc = TfidfSvdEncoder.fit(
-                _texts(catalogue, include_category), dim=V1_DIM, seed=SEED, include_category=include_category
-            )
-            vecs, n_fallback = _fill_empty_rows(
-                enc.encode_texts(_texts(catalogue, include_category)), catalogue["category"].to_numpy()
-            )
+            from threadpoolctl import threadpool_limits
+
+            # one BLAS thread: the randomized SVD's float sums then do not depend on the caller's thread
+            # count, so a rebuild reproduces the committed bytes
+            with threadpool_limits(limits=1):
+                enc = TfidfSvdEncoder.fit(
+                    _texts(catalogue, include_category), dim=V1_DIM, seed=SEED, include_category=include_category
+                )
+                vecs, n_fallback = _fill_empty_rows(
+                    enc.encode_texts(_texts(catalogue, include_category)), catalogue["category"].to_numpy()
+                )
+                holdout_vecs = enc.encode_texts(_texts(holdout, include_category))
             enc.save(v1_out / "encoder")
-            _save_holdout(v1_out, holdout["app_id"].tolist(), enc.encode_texts(_texts(holdout, include_category)))
+            _save_holdout(v1_out, holdout["app_id"].tolist(), holdout_vecs)
             write_version_artifact(
                 v1_out, "v1", catalogue["app_id"].tolist(), vecs, encoder=enc.fingerprint(), inputs=v1_inputs,
                 report={**report, "text_without_known_terms_category_centroid": n_fallback},
