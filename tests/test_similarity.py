@@ -15,7 +15,9 @@ from appsim.errors import DimensionMismatchError, InvalidVectorError, NotFoundEr
 from appsim.services.similarity import Filters, ModelVersion, Query, SimilarityService
 
 
-def oracle(vectors: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int, allowed: np.ndarray) -> list[tuple[str, float]]:
+def oracle(
+    vectors: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int, allowed: np.ndarray
+) -> list[tuple[str, float]]:
     """Independent brute force: float64 dot products, python sort by (-score, app_id)."""
     x = np.asarray(vectors, dtype=np.float64)
     s = x @ (q.astype(np.float64) / np.linalg.norm(q))
@@ -26,7 +28,7 @@ def oracle(vectors: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int, allowed:
 
 def assert_matches_oracle(got: list, want: list[tuple[str, float]]) -> None:
     assert len(got) == len(want)
-    for g, (wid, wsc) in zip(got, want, strict=True):
+    for g, (_wid, wsc) in zip(got, want, strict=True):
         assert abs(g.score - wsc) < 1e-5
     # ids equal, except that two apps whose float64 scores differ by < 1e-6 may swap (float32 rounding)
     for i, (g, (wid, wsc)) in enumerate(zip(got, want, strict=True)):
@@ -50,7 +52,9 @@ def test_real_catalogue_equals_brute_force_oracle(real_version: ModelVersion) ->
         res = svc.find_similar(real_version.name, Query(app_id=app_id), top_k=20)
         allowed = np.ones(real_version.size, dtype=bool)
         allowed[row] = False
-        want = oracle(real_version.vectors, real_version.ids, np.asarray(real_version.vectors[row]), 20, allowed)
+        want = oracle(
+            real_version.vectors, real_version.ids, np.asarray(real_version.vectors[row]), 20, allowed
+        )
         assert_matches_oracle(res.neighbours, want)
         assert app_id not in {n.app_id for n in res.neighbours}
 
@@ -59,7 +63,9 @@ def test_real_filters_apply_before_ranking(real_version: ModelVersion) -> None:
     svc = SimilarityService({real_version.name: real_version})
     row = int(np.flatnonzero(real_version.categories != "Games")[0])
     q = np.asarray(real_version.vectors[row])
-    res = svc.find_similar(real_version.name, Query(vector=q.tolist()), top_k=15, filters=Filters(category=("Games",)))
+    res = svc.find_similar(
+        real_version.name, Query(vector=q.tolist()), top_k=15, filters=Filters(category=("Games",))
+    )
     assert len(res.neighbours) == 15
     assert {n.category for n in res.neighbours} == {"Games"}
     allowed = real_version.categories == "Games"
@@ -71,8 +77,12 @@ def test_top_k_larger_than_filtered_catalogue_returns_all_without_padding(real_v
     svc = SimilarityService({real_version.name: real_version})
     n_catalogs = int((real_version.categories == "Catalogs").sum())
     assert 0 < n_catalogs < 100
-    res = svc.find_similar(real_version.name, Query(app_id=str(real_version.ids[0])), top_k=100,
-                           filters=Filters(category=("catalogs",)))
+    res = svc.find_similar(
+        real_version.name,
+        Query(app_id=str(real_version.ids[0])),
+        top_k=100,
+        filters=Filters(category=("catalogs",)),
+    )
     got = [n.app_id for n in res.neighbours]
     assert len(got) == len(set(got)) == n_catalogs - (1 if real_version.categories[0] == "Catalogs" else 0)
     assert all(real_version.id_to_row[a] >= 0 for a in got)
@@ -92,8 +102,11 @@ def test_prefix_property_and_repeatability(real_version: ModelVersion) -> None:
 
 def test_cold_start_metadata_query_lands_in_genre(real_version: ModelVersion) -> None:
     svc = SimilarityService({real_version.name: real_version})
-    app = AppMetadata(name="Chess Master", category="Games",
-                      description="Play chess against the computer or friends. Openings, puzzles, ELO rating.")
+    app = AppMetadata(
+        name="Chess Master",
+        category="Games",
+        description="Play chess against the computer or friends. Openings, puzzles, ELO rating.",
+    )
     res = svc.find_similar(real_version.name, Query(app=app), top_k=10)
     assert sum(n.category == "Games" for n in res.neighbours) >= 8
     assert res.encoding == real_version.encoder.kind  # type: ignore[union-attr]
@@ -104,8 +117,14 @@ def _tiny() -> SimilarityService:
     vecs = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0], [0.6, 0.8, 0], [0, 0, 1]], dtype=np.float32)
     ids = np.array(["b", "c", "a", "d", "e"], dtype=object)
     mv = ModelVersion(
-        name="t", ids=ids, vectors=vecs, names=ids.copy(), categories=np.array(["X", "X", "Y", "Y", "X"], dtype=object),
-        platforms=np.array(["ios"] * 5, dtype=object), index=ExactIndex(vecs), encoder=None,
+        name="t",
+        ids=ids,
+        vectors=vecs,
+        names=ids.copy(),
+        categories=np.array(["X", "X", "Y", "Y", "X"], dtype=object),
+        platforms=np.array(["ios"] * 5, dtype=object),
+        index=ExactIndex(vecs),
+        encoder=None,
     )
     mv.index = ExactIndex(vecs, mv.tiebreak)
     return SimilarityService({"t": mv}, max_top_k=10)
@@ -143,7 +162,10 @@ def test_errors_are_domain_errors() -> None:
 def test_batch_equals_single_queries_and_isolates_errors(real_dir: Path) -> None:
     mv = load_model_version(real_dir, "v1")
     svc = SimilarityService({"v1": mv})
-    qs = [Query(app_id=str(mv.ids[i])) for i in (1, 2, 3)] + [Query(app_id="missing"), Query(vector=[1.0] * 64)]
+    qs = [Query(app_id=str(mv.ids[i])) for i in (1, 2, 3)] + [
+        Query(app_id="missing"),
+        Query(vector=[1.0] * 64),
+    ]
     out = svc.find_similar_batch("v1", qs, top_k=7)
     for q, r in zip(qs, out, strict=True):
         if q.app_id == "missing":
@@ -175,7 +197,9 @@ def test_mock_catalogue_equals_brute_force_oracle(mock_dir: Path, version: str) 
         res = svc.find_similar(version, Query(app_id=app_id), top_k=15, filters=filters)
         allowed = np.ones(mv.size, dtype=bool) if filters is None else mv.categories == cats[i % len(cats)]
         allowed[row] = False
-        assert_matches_oracle(res.neighbours, oracle(mv.vectors, mv.ids, np.asarray(mv.vectors[row]), 15, allowed))
+        assert_matches_oracle(
+            res.neighbours, oracle(mv.vectors, mv.ids, np.asarray(mv.vectors[row]), 15, allowed)
+        )
     # cold start on the company format: the category centroid encoder places a new app in its category
     cat = cats[0]
     res = svc.find_similar(version, Query(app=AppMetadata(name="new", category=cat, platform=None)), top_k=10)

@@ -102,8 +102,9 @@ def load_all(container: Container, *, after_ready_in_background: bool = True) ->
         container.ready = True
         after = container.extras.get("after_ready", [])
         if after_ready_in_background:
-            threading.Thread(target=_run_hooks, args=(after, container), name="appsim-after-ready",
-                             daemon=True).start()
+            threading.Thread(
+                target=_run_hooks, args=(after, container), name="appsim-after-ready", daemon=True
+            ).start()
         else:
             _run_hooks(after, container)
         log.info(
@@ -111,7 +112,7 @@ def load_all(container: Container, *, after_ready_in_background: bool = True) ->
             versions={n: {"count": v.size, "dim": v.dim} for n, v in versions.items()},
             seconds=round(container.load_seconds, 3),
         )
-    except Exception as e:  # noqa: BLE001 - any failure keeps the service un-ready with the reason
+    except Exception as e:
         check = f" [check: {e.check}]" if isinstance(e, DataError) and e.check else ""
         container.load_error = f"{type(e).__name__}: {e}{check}"
         log.error("model versions failed to load", error=container.load_error)
@@ -122,9 +123,12 @@ def _run_hooks(hooks: list[Any], container: Container) -> None:
         try:
             with threadpool_limits(limits=container.settings.threads.blas):
                 hook(container)
-        except Exception as e:  # noqa: BLE001 - a monitoring hook never takes the service down
-            log.error("after_ready hook failed", hook=getattr(hook, "__qualname__", str(hook)),
-                      error=f"{type(e).__name__}: {e}")
+        except Exception as e:
+            log.error(
+                "after_ready hook failed",
+                hook=getattr(hook, "__qualname__", str(hook)),
+                error=f"{type(e).__name__}: {e}",
+            )
 
 
 def create_app(settings: Settings | None = None, *, load_in_background: bool = True) -> FastAPI:
@@ -183,9 +187,7 @@ def create_app(settings: Settings | None = None, *, load_in_background: bool = T
 
     app.include_router(admin_router)  # POST /admin/reload/{model_version} (X-API-Key: api.security)
     known = {getattr(r, "path", "") for r in app.routes}
-    app.add_middleware(
-        RequestContextMiddleware, max_body_bytes=s.limits.max_body_bytes, known_routes=known
-    )
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=s.limits.max_body_bytes, known_routes=known)
     if not load_in_background:
         load_all(container, after_ready_in_background=False)
     return app

@@ -15,7 +15,9 @@ from rich.table import Table
 
 from appsim.cli_ab import ab_app
 
-app = typer.Typer(help="appsim: similar apps, performance prediction and v1/v2 A/B testing.", no_args_is_help=True)
+app = typer.Typer(
+    help="appsim: similar apps, performance prediction and v1/v2 A/B testing.", no_args_is_help=True
+)
 data_app = typer.Typer(help="Build, generate and import catalogues.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(ab_app, name="ab")
@@ -91,10 +93,18 @@ def similar(
             if model_version not in settings.model_versions:
                 known = ", ".join(sorted(settings.model_versions))
                 raise typer.BadParameter(f"unknown model version {model_version!r}; known: {known}")
-            svc = SimilarityService({model_version: load_version(settings, model_version)},
-                                    max_top_k=settings.search.max_top_k)
-            q = Query(app_id=app_id) if app_id else Query(
-                app=AppMetadata(name=name or "", category=category, platform=platform, description=description))
+            svc = SimilarityService(
+                {model_version: load_version(settings, model_version)}, max_top_k=settings.search.max_top_k
+            )
+            q = (
+                Query(app_id=app_id)
+                if app_id
+                else Query(
+                    app=AppMetadata(
+                        name=name or "", category=category, platform=platform, description=description
+                    )
+                )
+            )
             filters = Filters(category=(filter_category,)) if filter_category else None
             res = svc.find_similar(model_version, q, top_k, filters)
     except AppsimError as e:
@@ -144,8 +154,11 @@ def data_mock(
 
 @data_app.command("import")
 def data_import(
-    src: Path = typer.Argument(..., help="folder with mock_embeddings_v1.pkl, mock_embeddings_v2.pkl, "
-                               "sample_apps.csv, historical_performance.csv"),
+    src: Path = typer.Argument(
+        ...,
+        help="folder with mock_embeddings_v1.pkl, mock_embeddings_v2.pkl, "
+        "sample_apps.csv, historical_performance.csv",
+    ),
     out: Path = typer.Option(Path("artifacts/company"), help="catalogue output directory"),
     strict: bool = typer.Option(False, help="fail on NaN/zero/duplicate vectors instead of dropping them"),
 ) -> None:

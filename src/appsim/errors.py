@@ -42,7 +42,9 @@ class ValidationError(AppsimError):
 class DimensionMismatchError(ValidationError):
     code = "dimension-mismatch"
 
-    def __init__(self, expected: int, received: int, *, field: str = "vector", model_version: str = "") -> None:
+    def __init__(
+        self, expected: int, received: int, *, field: str = "vector", model_version: str = ""
+    ) -> None:
         super().__init__(
             f"vector has dimension {received}, model version {model_version!r} expects {expected}",
             field=field,
@@ -91,7 +93,9 @@ class DataError(AppsimError):
 
     code = "data-error"
 
-    def __init__(self, detail: str, *, path: str | None = None, check: str | None = None, **extra: Any) -> None:
+    def __init__(
+        self, detail: str, *, path: str | None = None, check: str | None = None, **extra: Any
+    ) -> None:
         super().__init__(detail, path=path, check=check, **extra)
         self.path = path
         self.check = check

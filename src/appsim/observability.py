@@ -50,15 +50,19 @@ if _MP:
     os.makedirs(_MP_DIR, exist_ok=True)
 
 REQUESTS = Counter(
-    "appsim_requests", "HTTP requests by endpoint, method, status and model version",
+    "appsim_requests",
+    "HTTP requests by endpoint, method, status and model version",
     ["endpoint", "method", "status", "model_version"],
 )
 ERRORS = Counter(
-    "appsim_request_errors", "Requests answered with an error, by kind (problem type)",
+    "appsim_request_errors",
+    "Requests answered with an error, by kind (problem type)",
     ["endpoint", "model_version", "kind"],
 )
 LATENCY = Histogram(
-    "appsim_request_latency_seconds", "Request latency in seconds", ["endpoint", "model_version"],
+    "appsim_request_latency_seconds",
+    "Request latency in seconds",
+    ["endpoint", "model_version"],
     buckets=LATENCY_BUCKETS,
 )
 CACHE_HITS = Counter("appsim_cache_hits", "Similarity cache hits", ["model_version"])
@@ -66,28 +70,39 @@ CACHE_MISSES = Counter("appsim_cache_misses", "Similarity cache misses", ["model
 EXPOSURES = Counter("appsim_experiment_exposures", "Experiment exposures recorded", ["experiment", "variant"])
 # multiprocess_mode only matters in multiprocess mode (ignored otherwise): see the module docstring
 SRM_PVALUE = Gauge(
-    "appsim_experiment_srm_pvalue", "Sample-ratio-mismatch chi-square p-value", ["experiment"],
+    "appsim_experiment_srm_pvalue",
+    "Sample-ratio-mismatch chi-square p-value",
+    ["experiment"],
     multiprocess_mode="mostrecent",
 )
 DECISION = Gauge(
-    "appsim_experiment_decision", "1 for the experiment's current decision", ["experiment", "decision"],
+    "appsim_experiment_decision",
+    "1 for the experiment's current decision",
+    ["experiment", "decision"],
     multiprocess_mode="mostrecent",
 )
 DRIFT_SCORE = Gauge(
-    "appsim_drift_score", "Drift statistic of recent queries vs the catalogue reference",
-    ["model_version", "feature", "method"], multiprocess_mode="mostrecent",
+    "appsim_drift_score",
+    "Drift statistic of recent queries vs the catalogue reference",
+    ["model_version", "feature", "method"],
+    multiprocess_mode="mostrecent",
 )
 DRIFT_ALERT = Gauge(
-    "appsim_drift_alert", "1 when the feature's drift exceeds its threshold", ["model_version", "feature"],
+    "appsim_drift_alert",
+    "1 when the feature's drift exceeds its threshold",
+    ["model_version", "feature"],
     multiprocess_mode="mostrecent",
 )
 STORE_BUFFERED = Gauge(
-    "appsim_event_store_buffered", "Exposures buffered while the event store is unavailable",
+    "appsim_event_store_buffered",
+    "Exposures buffered while the event store is unavailable",
     multiprocess_mode="livesum",
 )
 STORE_LOST = Counter("appsim_event_store_lost", "Exposures dropped because the buffer was full")
 MODELS_LOADED = Gauge(
-    "appsim_models_loaded", "Catalogue rows loaded per model version", ["model_version"],
+    "appsim_models_loaded",
+    "Catalogue rows loaded per model version",
+    ["model_version"],
     multiprocess_mode="livemostrecent",
 )
 

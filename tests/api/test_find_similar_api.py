@@ -36,8 +36,12 @@ def assert_problem(resp: dict, status: int, code: str, field: str | None) -> dic
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_cold_start_metadata_returns_real_apps_mostly_in_genre(client: TestClient, version: str) -> None:
     body = {
-        "app": {"name": "Meditation & Sleep Sounds", "category": "Health & Fitness",
-                "description": "Guided meditation, breathing exercises and calming sleep sounds to reduce stress."},
+        "app": {
+            "name": "Meditation & Sleep Sounds",
+            "category": "Health & Fitness",
+            "description": "Guided meditation, breathing exercises and calming sleep sounds "
+                "to reduce stress.",
+        },
         "model_version": version,
     }
     r = post(client, body)
@@ -66,22 +70,28 @@ def test_unknown_app_id_is_404(client: TestClient) -> None:
 def test_vector_dimension_is_per_version(client: TestClient, version: str, good: int, bad: int) -> None:
     ok = post(client, {"vector": [0.5] * good, "model_version": version, "top_k": 3})
     assert ok["status"] == 200 and len(ok["json"]["results"]) == 3
-    body = assert_problem(post(client, {"vector": [0.5] * bad, "model_version": version}), 422,
-                          "dimension-mismatch", "vector")
+    body = assert_problem(
+        post(client, {"vector": [0.5] * bad, "model_version": version}), 422, "dimension-mismatch", "vector"
+    )
     assert body["expected_dimension"] == good and body["received_dimension"] == bad
 
 
 def test_zero_vector_and_nan_tokens_rejected(client: TestClient) -> None:
-    assert_problem(post(client, {"vector": [0.0] * 64, "model_version": "v1"}), 422, "invalid-vector", "vector")
+    assert_problem(
+        post(client, {"vector": [0.0] * 64, "model_version": "v1"}), 422, "invalid-vector", "vector"
+    )
     for token in (b"NaN", b"Infinity", b"-Infinity"):
         raw = b'{"model_version": "v1", "vector": [' + b", ".join([token] + [b"0.1"] * 63) + b"]}"
         r = client.post("/find-similar", content=raw, headers={"content-type": "application/json"})
-        assert_problem({"status": r.status_code, "json": r.json(), "headers": r.headers}, 422, "invalid-json", "body")
+        assert_problem(
+            {"status": r.status_code, "json": r.json(), "headers": r.headers}, 422, "invalid-json", "body"
+        )
 
 
 def test_unknown_model_version_lists_known(client: TestClient) -> None:
-    body = assert_problem(post(client, {"app_id": "1", "model_version": "v3"}), 422, "unknown-model-version",
-                          "model_version")
+    body = assert_problem(
+        post(client, {"app_id": "1", "model_version": "v3"}), 422, "unknown-model-version", "model_version"
+    )
     assert body["known_versions"] == ["v1", "v2"]
 
 
@@ -104,13 +114,19 @@ def test_top_k_bounds_inclusive(client: TestClient) -> None:
 def test_oversized_body_is_413(client: TestClient) -> None:
     raw = json.dumps({"app": {"name": "x", "description": "a" * 2_000_000}}).encode()
     r = client.post("/find-similar", content=raw, headers={"content-type": "application/json"})
-    assert_problem({"status": r.status_code, "json": r.json(), "headers": r.headers}, 413, "payload-too-large", None)
+    assert_problem(
+        {"status": r.status_code, "json": r.json(), "headers": r.headers}, 413, "payload-too-large", None
+    )
 
 
 def test_field_errors_name_the_field(client: TestClient) -> None:
     assert_problem(post(client, {"app": {"name": ""}}), 422, "validation-error", "app.name")
-    assert_problem(post(client, {"app": {"name": "x", "description": "d" * 4001}}), 422, "validation-error",
-                   "app.description")
+    assert_problem(
+        post(client, {"app": {"name": "x", "description": "d" * 4001}}),
+        422,
+        "validation-error",
+        "app.description",
+    )
     assert_problem(post(client, {"app_id": "1", "filterz": {}}), 422, "validation-error", "filterz")
     assert_problem(post(client, {}), 422, "validation-error", "query")
     assert_problem(post(client, {"app_id": "1", "vector": [1.0]}), 422, "validation-error", "query")
@@ -121,15 +137,32 @@ def test_filters(client: TestClient, version: str) -> None:
     aid = catalogue_id(client)
     r = post(client, {"app_id": aid, "model_version": version, "top_k": 20, "filters": {"category": "Games"}})
     assert {n["category"] for n in r["json"]["results"]} == {"Games"} and len(r["json"]["results"]) == 20
-    r = post(client, {"app_id": aid, "model_version": version, "top_k": 20,
-                      "filters": {"category": ["Finance", "weather"], "platform": "ios"}})
+    r = post(
+        client,
+        {
+            "app_id": aid,
+            "model_version": version,
+            "top_k": 20,
+            "filters": {"category": ["Finance", "weather"], "platform": "ios"},
+        },
+    )
     assert {n["category"] for n in r["json"]["results"]} <= {"Finance", "Weather"}
-    r = post(client, {"app_id": aid, "model_version": version, "top_k": 100, "filters": {"category": "Catalogs"}})
+    r = post(
+        client, {"app_id": aid, "model_version": version, "top_k": 100, "filters": {"category": "Catalogs"}}
+    )
     assert 0 < len(r["json"]["results"]) < 12 and r["json"]["candidates"] == len(r["json"]["results"])
-    assert_problem(post(client, {"app_id": aid, "model_version": version, "filters": {"platform": "android"}}), 422,
-                   "validation-error", "filters.platform")
-    assert_problem(post(client, {"app_id": aid, "model_version": version, "filters": {"category": []}}), 422,
-                   "validation-error", "filters.category")
+    assert_problem(
+        post(client, {"app_id": aid, "model_version": version, "filters": {"platform": "android"}}),
+        422,
+        "validation-error",
+        "filters.platform",
+    )
+    assert_problem(
+        post(client, {"app_id": aid, "model_version": version, "filters": {"category": []}}),
+        422,
+        "validation-error",
+        "filters.category",
+    )
 
 
 def test_determinism_and_prefix(client: TestClient) -> None:
@@ -152,8 +185,14 @@ def test_metrics_count_requests_per_endpoint_and_version(client: TestClient) -> 
     aid = catalogue_id(client)
     post(client, {"app_id": aid, "model_version": "v1"})
     text = client.get("/metrics").text
-    assert 'appsim_requests_total{endpoint="/find-similar",method="POST",model_version="v1",status="200"}' in text
-    assert 'appsim_request_latency_seconds_bucket{endpoint="/find-similar",le="0.005",model_version="v1"}' in text
+    assert (
+        'appsim_requests_total{endpoint="/find-similar",method="POST",model_version="v1",status="200"}'
+        in text
+    )
+    assert (
+        'appsim_request_latency_seconds_bucket{endpoint="/find-similar",le="0.005",model_version="v1"}'
+        in text
+    )
     assert "appsim_request_errors_total" in text
 
 

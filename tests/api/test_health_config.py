@@ -52,7 +52,9 @@ def test_missing_catalogue_is_reported_not_served(settings_factory, tmp_path: Pa
         ({"APPSIM_THREADS__BLAS": "0"}, "threads.blas"),
     ],
 )
-def test_bad_configuration_names_the_key(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], key: str) -> None:
+def test_bad_configuration_names_the_key(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], key: str
+) -> None:
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     with pytest.raises(ConfigError) as e:
@@ -70,18 +72,27 @@ def test_env_overrides_yaml(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_serve_refuses_bad_config_with_message() -> None:
     env = {"APPSIM_SEARCH__DEFAULT_TOP_K": "500", "PATH": "/usr/bin:/bin"}
-    p = subprocess.run([sys.executable, "-m", "appsim.cli", "serve", "--port", "1"], capture_output=True,
-                       text=True, env=env, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "appsim.cli", "serve", "--port", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert p.returncode == 2
     assert "default_top_k" in (p.stdout + p.stderr)
 
 
 def test_one_json_log_line_per_request(settings_factory, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
-    client = TestClient(create_app(settings_factory(logging={"level": "INFO", "json": True}),
-                                   load_in_background=False))
+    client = TestClient(
+        create_app(settings_factory(logging={"level": "INFO", "json": True}), load_in_background=False)
+    )
     capsys.readouterr()
-    client.post("/find-similar", json={"vector": [0.3] * 64, "model_version": "v1", "top_k": 2},
-                headers={"X-Request-ID": "log-test-1"})
+    client.post(
+        "/find-similar",
+        json={"vector": [0.3] * 64, "model_version": "v1", "top_k": 2},
+        headers={"X-Request-ID": "log-test-1"},
+    )
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
     mine = [x for x in lines if x.get("request_id") == "log-test-1" and x.get("event") == "request"]
     assert len(mine) == 1

@@ -18,7 +18,8 @@ RAW = ROOT / "data" / "raw" / "apple-appstore"
 def _tree_hashes(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*")) if p.is_file()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
     }
 
 
@@ -38,8 +39,16 @@ def test_second_build_changes_nothing(catalogue_copy: Path) -> None:
 
 
 def test_forced_v1_rebuild_reproduces_the_committed_vectors(catalogue_copy: Path, real_dir: Path) -> None:
-    build_real(RAW, catalogue_copy, force=True, versions=("v1",), evaluation=False, history=False,
-               progress=False, log=lambda _m: None)
+    build_real(
+        RAW,
+        catalogue_copy,
+        force=True,
+        versions=("v1",),
+        evaluation=False,
+        history=False,
+        progress=False,
+        log=lambda _m: None,
+    )
     for name in ("manifest.json", "vectors.npy", "ids.npy", "holdout_vectors.npy", "encoder/components.npy"):
         got = hashlib.sha256((catalogue_copy / "v1" / name).read_bytes()).hexdigest()
         want = hashlib.sha256((real_dir / "v1" / name).read_bytes()).hexdigest()

@@ -13,14 +13,15 @@ from appsim.errors import UnknownModelVersionError
 from appsim.services.similarity import Filters, Query
 
 
-def get_container(request: Request) -> Container:
+async def get_container(request: Request) -> Container:
+    """Async so that FastAPI runs it on the event loop, not in a thread-pool round trip."""
     return request.app.state.container  # type: ignore[no-any-return]
 
 
 ContainerDep = Annotated[Container, Depends(get_container)]
 
 
-def request_id(request: Request) -> str:
+async def request_id(request: Request) -> str:
     return str(request.state.request_id)
 
 
@@ -43,7 +44,9 @@ def to_filters(f: FiltersIn | None) -> Filters | None:
     return Filters(category=tuple(cat) if cat else None, platform=tuple(plat) if plat else None)
 
 
-def choose_version(container: Container, routing: RoutingIn, request_id: str) -> tuple[str, dict[str, Any] | None]:
+def choose_version(
+    container: Container, routing: RoutingIn, request_id: str
+) -> tuple[str, dict[str, Any] | None]:
     """The model version serving this request, and the experiment assignment (or None).
 
     An explicit ``model_version`` wins (validated against the configured set; not an exposure). Otherwise

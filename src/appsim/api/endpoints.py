@@ -6,11 +6,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
 import structlog
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import ORJSONResponse
 
-from appsim.api.deps import ContainerDep, RequestIdDep, choose_version, get_container, to_filters, to_query
+from appsim.api.deps import ContainerDep, RequestIdDep, choose_version, to_filters, to_query
 from appsim.api.schemas import (
     BatchItemOut,
     ExperimentOut,
@@ -47,20 +47,38 @@ def _neighbours(res: SimilarityResult) -> list[NeighbourOut]:
     return [NeighbourOut(**n.to_dict()) for n in res.neighbours]
 
 
-def _after(container: Any, request: Request, endpoint: str, version: str, assignment: dict[str, Any] | None,
-           t0: float, error: str | None = None, result: SimilarityResult | None = None, **extra: Any) -> None:
+def _after(
+    container: Any,
+    request: Request,
+    endpoint: str,
+    version: str,
+    assignment: dict[str, Any] | None,
+    t0: float,
+    error: str | None = None,
+    result: SimilarityResult | None = None,
+    **extra: Any,
+) -> None:
     """Record the exposure (A/B) and feed drift monitoring; never fails the request. ``extra`` passes
     ``query`` / ``queries`` / ``results`` through to the hooks."""
     latency_ms = (time.perf_counter() - t0) * 1000.0
     for hook in container.extras.get("after_request", []):
         try:
             hook(
-                request_id=request.state.request_id, endpoint=endpoint, model_version=version,
-                assignment=assignment, latency_ms=latency_ms, error=error, result=result, **extra,
+                request_id=request.state.request_id,
+                endpoint=endpoint,
+                model_version=version,
+                assignment=assignment,
+                latency_ms=latency_ms,
+                error=error,
+                result=result,
+                **extra,
             )
-        except Exception as e:  # noqa: BLE001 - monitoring and tracking never fail a request
-            log.warning("after_request hook failed", hook=getattr(hook, "__qualname__", str(hook)),
-                        error=f"{type(e).__name__}: {e}")
+        except Exception as e:
+            log.warning(
+                "after_request hook failed",
+                hook=getattr(hook, "__qualname__", str(hook)),
+                error=f"{type(e).__name__}: {e}",
+            )
 
 
 @router.post(
@@ -68,15 +86,18 @@ def _after(container: Any, request: Request, endpoint: str, version: str, assign
     response_model=FindSimilarResponse,
     tags=["similarity"],
     summary="Top-k most similar catalogue apps, by app id, raw vector or new-app metadata",
-    responses={404: {"description": "unknown app_id"}, 413: {"description": "body too large"},
-               422: {"description": "invalid input (problem details name the field)"},
-               503: {"description": "model versions are still loading or failed to load"}},
+    responses={
+        404: {"description": "unknown app_id"},
+        413: {"description": "body too large"},
+        422: {"description": "invalid input (problem details name the field)"},
+        503: {"description": "model versions are still loading or failed to load"},
+    },
 )
 def find_similar(body: FindSimilarRequest, request: Request) -> FindSimilarResponse:
     # the container and the request id are read here, not through Depends(): each sync dependency costs a
     # thread-pool round trip per request (docs/benchmarks.md, "API overhead")
     t0 = time.perf_counter()
-    container = get_container(request)
+    container = request.app.state.container
     request_id = str(request.state.request_id)
     sim = container.require_similarity()
     version, assignment = choose_version(container, body, request_id)
@@ -87,8 +108,11 @@ def find_similar(body: FindSimilarRequest, request: Request) -> FindSimilarRespo
     try:
         _check_limits(container, body)
         search = container.extras.get("search")
-        res = (search(sim, version, query, body.top_k, to_filters(body.filters)) if search is not None
-               else sim.find_similar(version, query, body.top_k, to_filters(body.filters)))
+        res = (
+            search(sim, version, query, body.top_k, to_filters(body.filters))
+            if search is not None
+            else sim.find_similar(version, query, body.top_k, to_filters(body.filters))
+        )
     except AppsimError as e:
         _after(container, request, "find-similar", version, assignment, t0, error=e.code)
         raise
@@ -124,17 +148,22 @@ def _check_limits(container: Any, body: Any) -> None:
     response_model=FindSimilarBatchResponse,
     tags=["similarity"],
     summary="Many similarity queries in one call (one matrix product per version); per-item errors",
-    responses={413: {"description": "body too large"},
-               422: {"description": "invalid input (problem details name the field)"},
-               503: {"description": "model versions are still loading or failed to load"}},
+    responses={
+        413: {"description": "body too large"},
+        422: {"description": "invalid input (problem details name the field)"},
+        503: {"description": "model versions are still loading or failed to load"},
+    },
 )
-def find_similar_batch(body: FindSimilarBatchRequest, request: Request, container: ContainerDep,
-                       request_id: RequestIdDep) -> FindSimilarBatchResponse:
+def find_similar_batch(
+    body: FindSimilarBatchRequest, request: Request, container: ContainerDep, request_id: RequestIdDep
+) -> FindSimilarBatchResponse:
     t0 = time.perf_counter()
     sim = container.require_similarity()
     lim = container.settings.limits
     if len(body.queries) > lim.max_batch:
-        raise ValidationError(f"at most {lim.max_batch} queries per batch, got {len(body.queries)}", field="queries")
+        raise ValidationError(
+            f"at most {lim.max_batch} queries per batch, got {len(body.queries)}", field="queries"
+        )
     version, assignment = choose_version(container, body, request_id)
     request.state.model_version = version
     queries = []
@@ -150,13 +179,28 @@ def find_similar_batch(body: FindSimilarBatchRequest, request: Request, containe
         if isinstance(r, AppsimError):
             items[i] = BatchItemOut(index=i, ok=False, error=_problem(r, f"queries.{i}"))
         else:
-            items[i] = BatchItemOut(index=i, ok=True, query=QueryInfoOut(kind=r.query_kind, encoding=r.encoding),  # type: ignore[arg-type]
-                                    results=_neighbours(r))
-    _after(container, request, "find-similar-batch", version, assignment, t0,
-           queries=[q for _, q in queries], results=results)
+            items[i] = BatchItemOut(
+                index=i,
+                ok=True,
+                query=QueryInfoOut(kind=r.query_kind, encoding=r.encoding),  # type: ignore[arg-type]
+                results=_neighbours(r),
+            )
+    _after(
+        container,
+        request,
+        "find-similar-batch",
+        version,
+        assignment,
+        t0,
+        queries=[q for _, q in queries],
+        results=results,
+    )
     out = FindSimilarBatchResponse(
-        request_id=request_id, model_version=version, experiment=_experiment_out(assignment),
-        top_k=sim.check_top_k(body.top_k), items=[it for it in items if it is not None],
+        request_id=request_id,
+        model_version=version,
+        experiment=_experiment_out(assignment),
+        top_k=sim.check_top_k(body.top_k),
+        items=[it for it in items if it is not None],
         latency_ms=round((time.perf_counter() - t0) * 1000.0, 3),
     )
     # serialise here, in the worker thread: a 256 x top-100 answer is MBs of JSON and must not hold the
@@ -166,8 +210,12 @@ def find_similar_batch(body: FindSimilarBatchRequest, request: Request, containe
 
 def _problem(e: AppsimError, prefix: str) -> dict[str, Any]:
     field = f"{prefix}.{e.field}" if e.field else prefix
-    return {"type": f"https://appsim.dev/problems/{e.code}", "status": e.status, "detail": e.detail,
-            "field": field}
+    return {
+        "type": f"https://appsim.dev/problems/{e.code}",
+        "status": e.status,
+        "detail": e.detail,
+        "field": field,
+    }
 
 
 def _health(container: Any) -> HealthResponse:
@@ -175,32 +223,54 @@ def _health(container: Any) -> HealthResponse:
     versions: list[VersionHealth] = []
     if container.similarity is not None:
         for name, mv in sorted(container.similarity.versions.items()):
-            versions.append(VersionHealth(
-                model_version=name, count=mv.size, dim=mv.dim, index=mv.index.name,
-                encoder=getattr(mv.encoder, "kind", None),
-                recall_at_k=getattr(mv.index, "recall_at_k", None),
-            ))
+            versions.append(
+                VersionHealth(
+                    model_version=name,
+                    count=mv.size,
+                    dim=mv.dim,
+                    index=mv.index.name,
+                    encoder=getattr(mv.encoder, "kind", None),
+                    recall_at_k=getattr(mv.index, "recall_at_k", None),
+                )
+            )
     status = "ok" if container.ready else ("error" if container.load_error else "loading")
-    return HealthResponse(status=status, ready=container.ready, versions=versions,
-                          default_model_version=s.default_model_version, detail=container.load_error)
+    return HealthResponse(
+        status=status,
+        ready=container.ready,
+        versions=versions,
+        default_model_version=s.default_model_version,
+        detail=container.load_error,
+    )
 
 
-@router.get("/health", response_model=HealthResponse, tags=["operations"],
-            summary="Liveness (always 200 while the process runs) with the loaded model versions")
+@router.get(
+    "/health",
+    response_model=HealthResponse,
+    tags=["operations"],
+    summary="Liveness (always 200 while the process runs) with the loaded model versions",
+)
 async def health(container: ContainerDep) -> HealthResponse:
     return _health(container)
 
 
-@router.get("/health/ready", response_model=HealthResponse, tags=["operations"],
-            summary="Readiness: 200 when every model version is loaded, 503 while loading or on failure",
-            responses={503: {"description": "loading or failed to load"}})
+@router.get(
+    "/health/ready",
+    response_model=HealthResponse,
+    tags=["operations"],
+    summary="Readiness: 200 when every model version is loaded, 503 while loading or on failure",
+    responses={503: {"description": "loading or failed to load"}},
+)
 async def ready(container: ContainerDep) -> Response:
     h = _health(container)
     return ORJSONResponse(h.model_dump(), status_code=200 if h.ready else 503)
 
 
-@router.get("/metrics", tags=["operations"], summary="Prometheus metrics (text exposition format)",
-            response_class=Response)
+@router.get(
+    "/metrics",
+    tags=["operations"],
+    summary="Prometheus metrics (text exposition format)",
+    response_class=Response,
+)
 async def metrics() -> Response:
     data, ctype = render_metrics()
     return Response(content=data, media_type=ctype)

@@ -40,8 +40,15 @@ def _json_safe(v: Any) -> Any:
 
 
 def problem_response(
-    status: int, code: str, detail: str, *, request_id: str | None = None, field: str | None = None,
-    title: str | None = None, headers: dict[str, str] | None = None, **extra: Any,
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    request_id: str | None = None,
+    field: str | None = None,
+    title: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
 ) -> Response:
     body: dict[str, Any] = {
         "type": PROBLEM_BASE + code,
@@ -81,13 +88,21 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
         request.state.error_kind = "validation-error"
         errors = [
-            {"field": _loc_to_field(tuple(e.get("loc", ()))), "message": e.get("msg", ""), "type": e.get("type")}
+            {
+                "field": _loc_to_field(tuple(e.get("loc", ()))),
+                "message": e.get("msg", ""),
+                "type": e.get("type"),
+            }
             for e in exc.errors()
         ]
         first = errors[0] if errors else {"field": "body", "message": "invalid request"}
         return problem_response(
-            422, "validation-error", f"{first['field']}: {first['message']}", request_id=_request_id(request),
-            field=first["field"], errors=errors,
+            422,
+            "validation-error",
+            f"{first['field']}: {first['message']}",
+            request_id=_request_id(request),
+            field=first["field"],
+            errors=errors,
         )
 
     @app.exception_handler(StarletteHTTPException)
@@ -103,6 +118,8 @@ def install_error_handlers(app: FastAPI) -> None:
         request.state.error_kind = "internal"
         log.exception("unhandled error", error_type=type(exc).__name__)
         return problem_response(
-            500, "internal", "internal error; quote the request id when reporting it",
+            500,
+            "internal",
+            "internal error; quote the request id when reporting it",
             request_id=_request_id(request),
         )

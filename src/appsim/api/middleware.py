@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: request id, body-size limit, strict JSON, timing, one log line and metrics per request.
+"""Pure ASGI middleware: request id, body-size limit, strict JSON, timing, one log line and metrics per
+request.
 
 - ``X-Request-ID``: an incoming id (``[A-Za-z0-9._:-]{1,128}``) is kept, otherwise a new uuid4 hex; it is
   bound to structlog's contextvars and echoed in the response header.
@@ -102,7 +103,7 @@ class RequestContextMiddleware:
 
     async def _read_body(
         self, scope: Scope, receive: Receive, headers: dict[str, str], request_id: str
-    ) -> bytes | None | tuple[int, str, str]:
+    ) -> bytes | tuple[int, str, str] | None:
         """Read and check the body of POST/PUT/PATCH. Returns the bytes, None (no body expected), or a
         ``(status, code, detail)`` to answer with at once."""
         if scope.get("method") not in ("POST", "PUT", "PATCH"):
@@ -134,5 +135,9 @@ class RequestContextMiddleware:
             try:
                 orjson.loads(body)
             except orjson.JSONDecodeError as e:
-                return 422, "invalid-json", f"request body is not valid strict JSON (RFC 8259; NaN and Infinity are not JSON): {e}"
+                return (
+                    422,
+                    "invalid-json",
+                    f"request body is not valid strict JSON (RFC 8259; NaN and Infinity are not JSON): {e}",
+                )
         return body

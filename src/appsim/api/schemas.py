@@ -48,10 +48,14 @@ class FiltersIn(_In):
 class RoutingIn(_In):
     """A/B routing: the randomisation unit and, for QA, a forced variant (excluded from analysis)."""
 
-    model_version: Short | None = Field(None, description="force a model version; otherwise the A/B test decides")
+    model_version: Short | None = Field(
+        None, description="force a model version; otherwise the A/B test decides"
+    )
     advertiser_id: UnitId | None = Field(None, description="randomisation unit of the default experiment")
     user_id: UnitId | None = None
-    force_variant: Short | None = Field(None, description="QA only: recorded as forced, excluded from analysis")
+    force_variant: Short | None = Field(
+        None, description="QA only: recorded as forced, excluded from analysis"
+    )
 
 
 class QueryIn(_In):

@@ -107,10 +107,14 @@ class TfidfSvdEncoder:
             idf = np.load(d / "idf.npy", allow_pickle=False)
             components = np.load(d / "components.npy", allow_pickle=False)
         except (OSError, ValueError) as e:
-            raise ArtifactError(f"cannot load TF-IDF/SVD encoder from {d}: {e}", path=str(d), check="encoder") from e
+            raise ArtifactError(
+                f"cannot load TF-IDF/SVD encoder from {d}: {e}", path=str(d), check="encoder"
+            ) from e
         opts = config["vectorizer"]
         if idf.shape[0] != len(vocab) or components.shape[1] != len(vocab):
-            raise ArtifactError(f"encoder files in {d} disagree on vocabulary size", path=str(d), check="shape")
+            raise ArtifactError(
+                f"encoder files in {d} disagree on vocabulary size", path=str(d), check="shape"
+            )
         vec = TfidfVectorizer(
             sublinear_tf=opts["sublinear_tf"],
             min_df=1,
@@ -121,4 +125,6 @@ class TfidfSvdEncoder:
             dtype=np.float64,
         )
         vec.idf_ = idf
-        return cls(vec, components, include_category=bool(config.get("include_category", True)), config=config)
+        return cls(
+            vec, components, include_category=bool(config.get("include_category", True)), config=config
+        )

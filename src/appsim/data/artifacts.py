@@ -146,7 +146,8 @@ def load_version_artifact(path: str | Path, *, verify: bool = True) -> VersionAr
             got = sha256_file(p / name)
             if got != manifest.get(key):
                 raise ArtifactError(
-                    f"{p / name} sha256 {got[:12]}... does not match manifest {str(manifest.get(key))[:12]}...",
+                    f"{p / name} sha256 {got[:12]}... does not match the manifest's "
+                    f"{str(manifest.get(key))[:12]}...",
                     path=str(p / name),
                     check="sha256",
                 )
@@ -159,7 +160,8 @@ def load_version_artifact(path: str | Path, *, verify: bool = True) -> VersionAr
         raise ArtifactError(f"{p / VECTORS} must be 2-d float32", path=str(p / VECTORS), check="dtype")
     if vectors.shape != (manifest.get("count"), manifest.get("dim")) or ids.shape[0] != vectors.shape[0]:
         raise ArtifactError(
-            f"{p / VECTORS} shape {vectors.shape} != manifest ({manifest.get('count')}, {manifest.get('dim')})",
+            f"{p / VECTORS} shape {vectors.shape} != manifest "
+            f"({manifest.get('count')}, {manifest.get('dim')})",
             path=str(p / VECTORS),
             check="shape",
         )
@@ -168,7 +170,13 @@ def load_version_artifact(path: str | Path, *, verify: bool = True) -> VersionAr
             raise ArtifactError(f"{p / VECTORS} contains NaN/inf", path=str(p / VECTORS), check="finite")
         norms = np.linalg.norm(vectors, axis=1)
         if vectors.shape[0] and np.abs(norms - 1).max() > 1e-3:
-            raise ArtifactError(f"{p / VECTORS} rows are not L2-normalised", path=str(p / VECTORS), check="norm")
+            raise ArtifactError(
+                f"{p / VECTORS} rows are not L2-normalised", path=str(p / VECTORS), check="norm"
+            )
     return VersionArtifact(
-        path=p, version=str(manifest.get("model_version", p.name)), ids=ids, vectors=vectors, manifest=manifest
+        path=p,
+        version=str(manifest.get("model_version", p.name)),
+        ids=ids,
+        vectors=vectors,
+        manifest=manifest,
     )

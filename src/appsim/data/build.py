@@ -54,8 +54,13 @@ def _encode_chunk(args: tuple[list[str], bool]) -> np.ndarray:
 
 
 def encode_parallel(
-    texts: list[str], *, include_category: bool, progress: bool = True, log: Log = print,
-    processes: int | None = None, chunk: int = 256,
+    texts: list[str],
+    *,
+    include_category: bool,
+    progress: bool = True,
+    log: Log = print,
+    processes: int | None = None,
+    chunk: int = 256,
 ) -> np.ndarray:
     """MiniLM-encode ``texts`` in ``processes`` worker processes (default: one per core), one BLAS thread
     each: on a shared 2-core machine two single-threaded processes beat one 2-thread process several
@@ -148,15 +153,18 @@ def build_real(
             pass
         elif force or not _up_to_date(v1_out, v1_inputs):
             t0 = time.perf_counter()
-            from appsim.backends.tfidf_svd import TfidfSvdEncoder
-
             from threadpoolctl import threadpool_limits
+
+            from appsim.backends.tfidf_svd import TfidfSvdEncoder
 
             # one BLAS thread: the randomized SVD's float sums then do not depend on the caller's thread
             # count, so a rebuild reproduces the committed bytes
             with threadpool_limits(limits=1):
                 enc = TfidfSvdEncoder.fit(
-                    _texts(catalogue, include_category), dim=V1_DIM, seed=SEED, include_category=include_category
+                    _texts(catalogue, include_category),
+                    dim=V1_DIM,
+                    seed=SEED,
+                    include_category=include_category,
                 )
                 vecs, n_fallback = _fill_empty_rows(
                     enc.encode_texts(_texts(catalogue, include_category)), catalogue["category"].to_numpy()
@@ -165,7 +173,12 @@ def build_real(
             enc.save(v1_out / "encoder")
             _save_holdout(v1_out, holdout["app_id"].tolist(), holdout_vecs)
             write_version_artifact(
-                v1_out, "v1", catalogue["app_id"].tolist(), vecs, encoder=enc.fingerprint(), inputs=v1_inputs,
+                v1_out,
+                "v1",
+                catalogue["app_id"].tolist(),
+                vecs,
+                encoder=enc.fingerprint(),
+                inputs=v1_inputs,
                 report={**report, "text_without_known_terms_category_centroid": n_fallback},
             )
             log(f"built {v1_out} in {time.perf_counter() - t0:.1f}s")
@@ -180,18 +193,27 @@ def build_real(
         enc2 = MiniLMEncoder(include_category=include_category)
         fp = enc2.fingerprint()
         v2_out = out / f"{sub}v2{tag}"
-        v2_inputs = {**base_inputs, "encoder": f"minilm-{fp['safetensors_sha256']}-cat{int(include_category)}"}
+        v2_inputs = {
+            **base_inputs,
+            "encoder": f"minilm-{fp['safetensors_sha256']}-cat{int(include_category)}",
+        }
         if force or not _up_to_date(v2_out, v2_inputs):
             t0 = time.perf_counter()
             texts = _texts(catalogue, include_category) + _texts(holdout, include_category)
             allv = encode_parallel(texts, include_category=include_category, progress=progress, log=log)
             n = len(catalogue)
             (v2_out / "encoder").mkdir(parents=True, exist_ok=True)
-            (v2_out / "encoder" / "fingerprint.json").write_text(json.dumps(fp, indent=2, sort_keys=True) + "\n")
+            (v2_out / "encoder" / "fingerprint.json").write_text(
+                json.dumps(fp, indent=2, sort_keys=True) + "\n"
+            )
             _save_holdout(v2_out, holdout["app_id"].tolist(), allv[n:])
             write_version_artifact(
-                v2_out, "v2", catalogue["app_id"].tolist(), allv[:n],
-                encoder={**fp, "kind": "minilm", "include_category": include_category}, inputs=v2_inputs,
+                v2_out,
+                "v2",
+                catalogue["app_id"].tolist(),
+                allv[:n],
+                encoder={**fp, "kind": "minilm", "include_category": include_category},
+                inputs=v2_inputs,
                 report=report,
             )
             log(f"built {v2_out} in {time.perf_counter() - t0:.1f}s")

@@ -28,7 +28,8 @@ from appsim.errors import (
 
 @dataclass
 class ModelVersion:
-    """One loaded model version: ``vectors`` (n, dim) float32 L2-normalised (memory-mapped), row i = ``ids[i]``.
+    """One loaded model version: ``vectors`` (n, dim) float32 L2-normalised (memory-mapped); row i is
+    ``ids[i]``.
 
     ``categories`` / ``platforms`` / ``names`` are (n,) object arrays aligned with the rows.
     """
@@ -199,7 +200,9 @@ class SimilarityService:
     def check_top_k(self, top_k: int | None) -> int:
         k = self.default_top_k if top_k is None else top_k
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= int(k) <= self.max_top_k:
-            raise ValidationError(f"top_k must be an integer in 1..{self.max_top_k}, got {top_k!r}", field="top_k")
+            raise ValidationError(
+                f"top_k must be an integer in 1..{self.max_top_k}, got {top_k!r}", field="top_k"
+            )
         return int(k)
 
     def encode_query(self, mv: ModelVersion, query: Query) -> tuple[np.ndarray, int | None, str | None]:
@@ -226,7 +229,9 @@ class SimilarityService:
                 raise InvalidVectorError("vector contains NaN or Infinity", field="vector")
             scale = float(np.abs(v).max(initial=0.0))
             if scale == 0.0:
-                raise InvalidVectorError("vector is all zeros: cosine similarity is undefined", field="vector")
+                raise InvalidVectorError(
+                    "vector is all zeros: cosine similarity is undefined", field="vector"
+                )
             v = v / scale  # components up to 1e308 or down to 1e-308 would over/underflow the norm
             return (v / np.linalg.norm(v)).astype(np.float32), None, None
         app = query.app
@@ -248,7 +253,9 @@ class SimilarityService:
             return centroid, None, "category_centroid"
         return vec, None, encoding
 
-    def allowed_mask(self, mv: ModelVersion, filters: Filters | None, exclude: int | None) -> np.ndarray | None:
+    def allowed_mask(
+        self, mv: ModelVersion, filters: Filters | None, exclude: int | None
+    ) -> np.ndarray | None:
         mask: np.ndarray | None = None
         if filters is not None:
             if filters.category:
