@@ -59,6 +59,7 @@ UNIT_FIELDS: tuple[str, ...] = ("advertiser_id", "user_id")
 WEIGHTS_SYNC_S = 2.0
 FEEDBACK_RECHECK_S = 0.1
 LIST_DECISION_MAX_AGE_S = 30.0
+REPORT_INTERVAL_S = 60.0  # scheduled experiment analysis: gauges for the alert rules, auto-rollback
 WRITER_BATCH = 500
 MAX_AUDIT_READ = 10_000
 
@@ -416,6 +417,7 @@ class ABRuntime:
             log.warning("ab.weights_sync_failed", error=str(exc))
 
     def _sync_loop(self, interval_s: float) -> None:
+        last_report = time.monotonic()
         while not self._stop.wait(interval_s):
             try:
                 if self.controller.sync_weights_from_audit():
@@ -425,6 +427,20 @@ class ABRuntime:
                     )
             except Exception as exc:
                 log.warning("ab.weights_sync_failed", error=str(exc))
+            if time.monotonic() - last_report >= REPORT_INTERVAL_S:
+                last_report = time.monotonic()
+                self._report_all_quietly()
+
+    def _report_all_quietly(self) -> None:
+        """Scheduled analysis (every ``REPORT_INTERVAL_S``): refreshes the SRM / decision / event-store gauges
+        that the alert rules read, and lets a guardrail breach roll traffic back (``auto_rollback``) even
+        when nobody reads ``GET /experiments``. Never raises."""
+        self.update_store_gauges()
+        for cfg in self.controller.experiments:
+            try:
+                self.report(cfg.id)
+            except Exception as exc:  # the store may be down; the next round retries
+                log.warning("ab.scheduled_report_failed", experiment=cfg.id, error=str(exc))
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Write every exposure submitted so far (queued here or in the outage buffer); ``True`` when
