@@ -15,7 +15,7 @@ from appsim.services.similarity import Filters, Query
 
 async def get_container(request: Request) -> Container:
     """Async so that FastAPI runs it on the event loop, not in a thread-pool round trip."""
-    return request.app.state.container  # type: ignore[no-any-return]
+    return request.app.state.container
 
 
 ContainerDep = Annotated[Container, Depends(get_container)]

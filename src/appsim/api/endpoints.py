@@ -121,7 +121,7 @@ def find_similar(body: FindSimilarRequest, request: Request) -> FindSimilarRespo
         request_id=request_id,
         model_version=version,
         experiment=_experiment_out(assignment),
-        query=QueryInfoOut(kind=res.query_kind, encoding=res.encoding),  # type: ignore[arg-type]
+        query=QueryInfoOut(kind=res.query_kind, encoding=res.encoding),
         top_k=res.top_k,
         candidates=res.candidates,
         results=_neighbours(res),
@@ -182,7 +182,7 @@ def find_similar_batch(
             items[i] = BatchItemOut(
                 index=i,
                 ok=True,
-                query=QueryInfoOut(kind=r.query_kind, encoding=r.encoding),  # type: ignore[arg-type]
+                query=QueryInfoOut(kind=r.query_kind, encoding=r.encoding),
                 results=_neighbours(r),
             )
     _after(

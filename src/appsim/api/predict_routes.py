@@ -308,7 +308,7 @@ def predict_route(
         request_id=request_id,
         model_version=version,
         experiment=_experiment_out(assignment),
-        query=QueryInfoOut(kind=res.query_kind, encoding=res.encoding),  # type: ignore[arg-type]
+        query=QueryInfoOut(kind=res.query_kind, encoding=res.encoding),
         neighbours_requested=k,
         candidates=res.candidates,
         prediction=_prediction_out(pred, res, category, source),
