@@ -8,7 +8,7 @@ PORT ?= 8000
 WORKERS ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev run serve test test-fast lint typecheck bench data mock evaluate docker-build up down requirements clean
+.PHONY: help install install-dev run serve test lint bench data evaluate docker-build up down requirements clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -59,15 +59,17 @@ evaluate: install ## offline v1 vs v2 evaluation -> docs/evaluation.md
 docker-build: ## build the image (needs a Docker engine)
 	docker build -f docker/Dockerfile -t appsim:latest .
 
-up: ## docker compose: API + PostgreSQL + Prometheus + Grafana (needs a Docker engine)
-	docker compose -f docker/docker-compose.yml up -d --build
+COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
-down:
-	docker compose -f docker/docker-compose.yml down
+up: ## docker compose: API + PostgreSQL + Prometheus + Grafana (needs a Docker engine and docker/.env)
+	$(COMPOSE) -f docker/docker-compose.yml up -d --build --wait
+
+down: ## stop the compose stack (keeps the data volumes)
+	$(COMPOSE) -f docker/docker-compose.yml down
 
 requirements: ## regenerate the pinned requirements files from pyproject.toml
 	$(BIN)/pip-compile -q --strip-extras --no-emit-index-url --no-emit-find-links -o requirements.txt pyproject.toml
 	$(BIN)/pip-compile -q --strip-extras --no-emit-index-url --no-emit-find-links --extra dev -o requirements-dev.txt pyproject.toml
 
-clean:
+clean: ## remove the virtual environment, caches and local event stores
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache var

@@ -174,7 +174,10 @@ def test_exposures_are_recorded_with_latency_endpoint_and_error(ab: tuple[TestCl
         answers[rid] = c.post(route, json=body, headers={"X-Request-ID": rid})
     assert [answers[r].status_code for r in ("exp-1", "exp-2", "exp-3", "exp-4")] == [200, 200, 200, 404]
     rows = exposures(rt)
-    for _route, body, rid, endpoint in calls:
+    # a request rejected for the caller's mistake (404 unknown app id) is not an exposure: no model version
+    # served it, and it must not count against the error-rate guardrail
+    assert "exp-4" not in rows.index
+    for _route, body, rid, endpoint in calls[:3]:
         row = rows.loc[rid]
         assert row["endpoint"] == endpoint and row["unit_id"] == body["advertiser_id"]
         assert row["experiment_id"] == EXP_ID and not bool(row["forced"])
@@ -184,8 +187,6 @@ def test_exposures_are_recorded_with_latency_endpoint_and_error(ab: tuple[TestCl
             assert row["variant"] == answers[rid].json()["experiment"]["variant"]
             assert row["model_version"] == answers[rid].json()["model_version"]
             assert row["latency_ms"] <= answers[rid].json()["latency_ms"] + 50
-        else:
-            assert row["error"] == "not-found"
     after = c.get("/metrics").text
     assert 'appsim_experiment_exposures_total{experiment="v1-vs-v2"' in after and after != before
     assert "appsim_event_store_buffered" in after
@@ -487,3 +488,15 @@ def test_shutdown_drains_exposures_still_queued(real_dir: Path, settings_factory
     with SQLAlchemyEventStore(s.event_store.url) as store:
         assert set(store.exposures(EXP_ID)["request_id"]) == set(ids)
     assert rt.store.stats()["lost"] == 0
+
+
+def test_feedback_value_is_capped(ab: tuple[TestClient, Any]) -> None:
+    """One hostile or broken event (revenue 1e308) must not overflow an arm's sums: 422, nothing written."""
+    c, rt = ab
+    rid = served(c, rt, 1, prefix="adv-cap")[0]
+    before = outcome_ids(rt)
+    r = c.post("/feedback", json={"event_id": "ev-huge", "request_id": rid, "kind": "revenue", "value": 1e308})
+    assert r.status_code == 422 and r.json()["field"].endswith("value")
+    ok = c.post("/feedback", json={"event_id": "ev-ok", "request_id": rid, "kind": "revenue", "value": 1e6})
+    assert ok.status_code == 200
+    assert outcome_ids(rt) - before == {"ev-ok"}

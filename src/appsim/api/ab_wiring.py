@@ -239,12 +239,18 @@ class ABRuntime:
         assignment: Mapping[str, Any] | None,
         latency_ms: float,
         error: str | None = None,
+        error_status: int | None = None,
         **_: Any,
     ) -> None:
         """``after_request`` hook: queue the exposure of an experiment request (latency in ms, ``error`` the
         problem code or ``None``). Only requests of :data:`AB_ENDPOINTS` that are in the experiment or
-        forced are exposures; explicit ``model_version`` requests have no assignment. Never raises."""
+        forced are exposures; explicit ``model_version`` requests have no assignment. A request rejected
+        for the caller's own mistake (``error_status`` 4xx: bad input, unknown app id) is not an exposure:
+        no model version served it, and counting it would let one client's bad requests trip the error-rate
+        guardrail. Server-side failures (5xx) are exposures with their error. Never raises."""
         if not assignment or endpoint not in AB_ENDPOINTS:
+            return
+        if error is not None and error_status is not None and error_status < 500:
             return
         if not (assignment.get("in_experiment") or assignment.get("forced")):
             return

@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
 import structlog
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import ORJSONResponse
 
 from appsim.api.deps import ContainerDep, RequestIdDep, choose_version, to_filters, to_query
 from appsim.api.schemas import (
@@ -114,7 +114,7 @@ def find_similar(body: FindSimilarRequest, request: Request) -> FindSimilarRespo
             else sim.find_similar(version, query, body.top_k, to_filters(body.filters))
         )
     except AppsimError as e:
-        _after(container, request, "find-similar", version, assignment, t0, error=e.code)
+        _after(container, request, "find-similar", version, assignment, t0, error=e.code, error_status=e.status)
         raise
     _after(container, request, "find-similar", version, assignment, t0, result=res, query=query)
     out = FindSimilarResponse(
@@ -205,7 +205,7 @@ def find_similar_batch(
     )
     # serialise here, in the worker thread: a 256 x top-100 answer is MBs of JSON and must not hold the
     # event loop
-    return ORJSONResponse(out.model_dump())  # type: ignore[return-value]
+    return Response(orjson.dumps(out.model_dump()), media_type="application/json")  # type: ignore[return-value]
 
 
 def _problem(e: AppsimError, prefix: str) -> dict[str, Any]:
@@ -262,7 +262,8 @@ async def health(container: ContainerDep) -> HealthResponse:
 )
 async def ready(container: ContainerDep) -> Response:
     h = _health(container)
-    return ORJSONResponse(h.model_dump(), status_code=200 if h.ready else 503)
+    return Response(orjson.dumps(h.model_dump()), status_code=200 if h.ready else 503,
+                    media_type="application/json")
 
 
 @router.get(

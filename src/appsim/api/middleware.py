@@ -138,6 +138,6 @@ class RequestContextMiddleware:
                 return (
                     422,
                     "invalid-json",
-                    f"request body is not valid strict JSON (RFC 8259; NaN and Infinity are not JSON): {e}",
+                    f"request body is not valid strict JSON (RFC 8259): {e}",
                 )
         return body

@@ -301,7 +301,7 @@ def predict_route(
         category, source = prior_category(sim.version(version), query, res)
         pred = state.service.predict([(n.app_id, n.score) for n in res.neighbours], category)
     except AppsimError as e:
-        _after(container, request, "predict", version, assignment, t0, error=e.code)
+        _after(container, request, "predict", version, assignment, t0, error=e.code, error_status=e.status)
         raise
     _after(container, request, "predict", version, assignment, t0, result=res)
     return PredictResponse(

@@ -381,6 +381,11 @@ def _check_ts(value: object, field: str = "ts") -> datetime:
     return to_utc(value)
 
 
+# One event's value: a count (impressions, clicks, installs) or revenue in USD. A cap keeps a single bad
+# or hostile event from overflowing an arm's sums (1e308 would turn its revenue metric into inf).
+MAX_OUTCOME_VALUE = 1_000_000.0
+
+
 def _check_number(value: object, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValidationError(f"{field} must be a number, got {type(value).__name__}", field=field)
@@ -419,6 +424,11 @@ def validate_outcome(o: Outcome) -> dict[str, Any]:
         raise ValidationError(f"kind must be one of {', '.join(OUTCOME_KINDS)}, got {o.kind!r}", field="kind")
     row["kind"] = o.kind
     row["value"] = _check_number(o.value, "value")
+    if row["value"] > MAX_OUTCOME_VALUE:
+        raise ValidationError(
+            f"value must be at most {MAX_OUTCOME_VALUE:g} (USD for revenue, a count otherwise), got {row['value']!r}",
+            field="value",
+        )
     row["ts"] = _check_ts(o.ts)
     return row
 
