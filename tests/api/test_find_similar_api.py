@@ -199,3 +199,8 @@ def test_metrics_count_requests_per_endpoint_and_version(client: TestClient) -> 
 def test_no_nan_in_any_response(client: TestClient) -> None:
     r = client.post("/find-similar", json={"vector": [1e-30] * 64, "model_version": "v1"})
     assert "NaN" not in r.text and "Infinity" not in r.text
+
+
+def test_non_json_body_is_415(client: TestClient) -> None:
+    r = client.post("/find-similar", content=b'{"app_id": "1"}', headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and r.json()["type"].endswith("/unsupported-media-type")

@@ -131,6 +131,8 @@ class RequestContextMiddleware:
                 break
         body = b"".join(chunks)
         ctype = headers.get("content-type", "")
+        if body and ctype and "json" not in ctype.lower():
+            return 415, "unsupported-media-type", f"send the body as application/json, not {ctype[:100]!r}"
         if body and ("json" in ctype or not ctype):
             try:
                 orjson.loads(body)
