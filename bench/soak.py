@@ -32,9 +32,6 @@ import contextlib
 import os
 import random
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,6 +47,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, machine, summary_ms, verdict, write_result
 
+from appsim.testing.server import ServerProcess
+
 PACKAGED_CONFIG = ROOT / "src" / "appsim" / "config" / "config.yaml"
 AA_EXPERIMENT = {
     "id": "soak-aa", "unit": "advertiser_id", "seed": "soak-aa-2026", "primary_metric": "install_rate",
@@ -61,12 +60,6 @@ WARMUP_S = 60.0
 
 
 # ------------------------------------------------------------------------------------- server helpers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def built_versions(catalogue: Path) -> list[str]:
@@ -92,70 +85,16 @@ def write_config(path: Path, catalogue: Path, event_store_url: str, **extra: Any
     return path, versions
 
 
-class Server:
-    """``python -m appsim.cli serve`` in its own process group (log in ``log``)."""
-
-    def __init__(self, config: Path, log: Path, workers: int = 1) -> None:
-        self.config, self.log, self.workers = config, log, workers
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 120.0) -> Server:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("APPSIM_")}
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        env.update(APPSIM_CONFIG=str(self.config), PYTHONUNBUFFERED="1")
-        cmd = [sys.executable, "-m", "appsim.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-               "--workers", str(self.workers), "--log-level", "warning"]
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/health/ready", timeout=2.0).status_code == 200:
-                    return self
-            time.sleep(0.25)
-        self.kill()
-        raise RuntimeError(f"server not ready within {timeout} s:\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError as e:
-            return f"(no log: {e})"
-
-    def rss_bytes(self) -> int:
-        """Resident memory of the server process and all its children (bytes)."""
-        assert self.proc is not None
-        total = 0
-        with contextlib.suppress(psutil.Error):
-            root = psutil.Process(self.proc.pid)
-            for p in [root, *root.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error):
-                    total += p.memory_info().rss
-        return total
-
-    def terminate(self, timeout: float = 40.0) -> int | None:
-        """SIGTERM (graceful drain) and wait; SIGKILL the group if it does not exit. Returns the status."""
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return None
-
-    def kill(self) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
+def rss_bytes(server: ServerProcess) -> int:
+    """Resident memory of the server process and all its children (bytes)."""
+    assert server.proc is not None
+    total = 0
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(server.proc.pid)
+        for p in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_info().rss
+    return total
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -302,14 +241,15 @@ def main() -> int:
     n = int(args.duration * args.rate)
     bodies = request_mix(args.catalogue_dir, versions, n, args.seed, args.cold_start_share,
                          args.max_description)
-    server = Server(config, tmp / "server.log", workers=args.workers)
+    server = ServerProcess(config=config, log=tmp / "server.log", workers=args.workers, cwd=ROOT,
+                           log_level="warning")  # fmt: skip
     info = machine()
     t_start = time.perf_counter()
     server.start()
     ready_s = time.perf_counter() - t_start
     print(f"server ready in {ready_s:.1f} s ({server.url}, versions {versions}, {args.workers} worker(s)); "
           f"{n} requests at {args.rate:g}/s for {args.duration:g} s", flush=True)
-    samples: list[tuple[float, float]] = [(0.0, server.rss_bytes() / 2**20)]
+    samples: list[tuple[float, float]] = [(0.0, rss_bytes(server) / 2**20)]
     loadavg: list[tuple[float, float]] = [(0.0, os.getloadavg()[0])]
     next_sample = args.sample_every
 
@@ -317,7 +257,7 @@ def main() -> int:
         nonlocal next_sample
         if elapsed >= next_sample:
             next_sample += args.sample_every
-            samples.append((elapsed, server.rss_bytes() / 2**20))
+            samples.append((elapsed, rss_bytes(server) / 2**20))
             loadavg.append((elapsed, os.getloadavg()[0]))
             if int(elapsed) % 30 == 0:
                 rss_now, load_now = samples[-1][1], loadavg[-1][1]
@@ -326,7 +266,7 @@ def main() -> int:
     status_code: int | None = None
     try:
         res = asyncio.run(open_loop(server.url, bodies, args.rate, args.max_in_flight, tick))
-        samples.append((res["wall_s"], server.rss_bytes() / 2**20))
+        samples.append((res["wall_s"], rss_bytes(server) / 2**20))
         metrics = scrape(server.url)
     finally:
         status_code = server.terminate()

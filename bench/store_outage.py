@@ -44,7 +44,9 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
 from _common import ROOT, machine, summary_ms, verdict, write_result
-from soak import Server, open_loop, scrape, write_config
+from soak import open_loop, scrape, write_config
+
+from appsim.testing.server import ServerProcess
 
 GAUGE = "appsim_event_store_buffered{}"
 
@@ -94,14 +96,14 @@ def main() -> int:
     info = machine()
     tmp = Path(tempfile.mkdtemp(prefix="appsim-outage-"))
     pg = start_postgres()
-    server: Server | None = None
+    server: ServerProcess | None = None
     events: list[tuple[float, str]] = []
     gauge: list[tuple[float, float, float, float]] = []  # (t, buffered, lost, exposures)
     try:
         db_url = pg.url(pg.create_database())
         config, versions = write_config(tmp / "config.yaml", args.catalogue_dir, db_url,
                                         event_store={"url": db_url, "buffer_size": args.buffer_size})
-        server = Server(config, tmp / "server.log").start()
+        server = ServerProcess(config=config, log=tmp / "server.log", cwd=ROOT, log_level="warning").start()
         print(f"postgres {pg.host}:{pg.port}; server {server.url}; versions {versions}; "
               f"{args.rate:g} req/s for {duration:g} s, outage from {args.before:g} s for {args.outage:g} s",
               flush=True)

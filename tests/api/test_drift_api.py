@@ -4,8 +4,8 @@ the Prometheus gauges follow it, an unknown version is 422, and a drifting strea
 from __future__ import annotations
 
 import json
-import os
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,35 +14,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-REAL = Path(__file__).resolve().parents[2] / "artifacts" / "real"
-VERSIONS = [v for v in ("v1", "v2") if (REAL / v / "manifest.json").is_file()]
-DIMS = {v: int(json.loads((REAL / v / "manifest.json").read_text())["dim"]) for v in VERSIONS}
-
-
-def settings_for(tmp: Path, **overrides: Any) -> Any:
-    """Settings over the real catalogue with only the versions whose artifacts exist (a YAML of our own:
-    the packaged config also lists v2 and its experiment)."""
-    from appsim.config.settings import load_settings
-
-    cfg = {
-        "catalogue_dir": str(REAL),
-        "default_model_version": VERSIONS[0],
-        "model_versions": {v: {"path": v} for v in VERSIONS},
-        "experiments": [],
-        "logging": {"level": "WARNING", "json": True},
-        "event_store": {"url": f"sqlite:///{tmp / 'events.sqlite'}"},
-    }
-    path = tmp / "config.yaml"
-    path.write_text(json.dumps(cfg))  # JSON is YAML
-    old = os.environ.get("APPSIM_CONFIG")
-    os.environ["APPSIM_CONFIG"] = str(path)
-    try:
-        return load_settings(**overrides)
-    finally:
-        if old is None:
-            os.environ.pop("APPSIM_CONFIG", None)
-        else:
-            os.environ["APPSIM_CONFIG"] = old
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from real_catalogue import DIMS, VERSIONS, settings_for
 
 
 @pytest.fixture(scope="module")

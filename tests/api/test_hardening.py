@@ -20,11 +20,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import json
-import os
 import re
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,44 +35,12 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-ROOT = Path(__file__).resolve().parents[2]
-REAL = ROOT / "artifacts" / "real"
-VERSIONS = [v for v in ("v1", "v2") if (REAL / v / "manifest.json").is_file()]
-DIMS = {v: int(json.loads((REAL / v / "manifest.json").read_text())["dim"]) for v in VERSIONS}
+from appsim.testing.server import serve_subprocess
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from real_catalogue import DIMS, REAL, ROOT, VERSIONS, settings_for, write_config
+
 HEAVY_VERSION = VERSIONS[-1]  # v2 (MiniLM, 384-d) once built, else v1
-
-
-def write_config(tmp: Path, *, catalogue: Path = REAL, versions: list[str] | None = None) -> Path:
-    """A YAML config of our own (JSON is YAML): the packaged one also lists v2 and its experiment."""
-    vs = versions or VERSIONS
-    cfg = {
-        "catalogue_dir": str(catalogue),
-        "default_model_version": vs[0],
-        "model_versions": {v: {"path": v} for v in vs},
-        "experiments": [],
-        "logging": {"level": "WARNING", "json": True},
-        "event_store": {"url": f"sqlite:///{tmp / 'events.sqlite'}"},
-    }
-    path = tmp / "config.yaml"
-    path.write_text(json.dumps(cfg))
-    return path
-
-
-def settings_for(
-    tmp: Path, *, catalogue: Path = REAL, versions: list[str] | None = None, **overrides: Any
-) -> Any:
-    from appsim.config.settings import load_settings
-
-    path = write_config(tmp, catalogue=catalogue, versions=versions)
-    old = os.environ.get("APPSIM_CONFIG")
-    os.environ["APPSIM_CONFIG"] = str(path)
-    try:
-        return load_settings(**overrides)
-    finally:
-        if old is None:
-            os.environ.pop("APPSIM_CONFIG", None)
-        else:
-            os.environ["APPSIM_CONFIG"] = old
 
 
 def make_app(tmp: Path, **kw: Any) -> Any:
@@ -281,55 +246,14 @@ def test_huge_finite_vector_is_ranked_by_direction_or_rejected(client: TestClien
 # ==== 2. the event loop is never blocked (real uvicorn server) =======================================
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def uvicorn_server(tmp: Path) -> Iterator[str]:
     """``uvicorn appsim.app:app_factory --factory`` on 127.0.0.1 in a subprocess; yields its base URL once
-    ``/health/ready`` is 200 (at most 120 s); always terminated."""
-    import httpx
-
-    cfg = write_config(tmp)
-    env = os.environ | {"APPSIM_CONFIG": str(cfg), "PYTHONUNBUFFERED": "1"}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    log = (tmp / "server.log").open("wb")
-    for _attempt in range(3):
-        port = _free_port()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "appsim.app:app_factory", "--factory", "--host", "127.0.0.1",
-             "--port", str(port), "--workers", "1", "--log-level", "warning", "--no-access-log"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        ready = False
-        while time.monotonic() < deadline and proc.poll() is None:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/health/ready", timeout=2).status_code == 200:
-                    ready = True
-                    break
-            time.sleep(0.2)
-        if ready:
-            break
-        proc.terminate()
-        proc.wait(10)
-    else:
-        log.close()
-        pytest.fail("uvicorn did not become ready:\n" + (tmp / "server.log").read_text()[-3000:])
-    try:
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
+    ``/health/ready`` is 200 (at most 120 s, 3 attempts on fresh ports); always terminated."""
+    with serve_subprocess(write_config(tmp), log=tmp / "server.log", cwd=ROOT, timeout=120, attempts=3,
+                          uvicorn_factory="appsim.app:app_factory", log_level="warning",
+                          extra_args=["--no-access-log"]) as server:  # fmt: skip
+        yield server.url
 
 
 def _heavy_bodies(n: int, seed: int) -> list[tuple[str, bytes]]:

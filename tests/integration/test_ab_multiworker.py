@@ -14,9 +14,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,21 +27,11 @@ import pandas as pd
 import pytest
 
 from appsim.backends.event_store import SQLAlchemyEventStore
+from appsim.testing.server import ServerProcess
 
-ROOT = Path(__file__).resolve().parents[2]
-REAL = ROOT / "artifacts" / "real"
-VERSIONS = [v for v in ("v1", "v2") if (REAL / v / "manifest.json").is_file()]
-EXP_ID = "v1-vs-v2"
-EXPERIMENT: dict[str, Any] = {
-    "id": EXP_ID,
-    "unit": "advertiser_id",
-    "variants": [
-        {"name": "control", "model_version": "v1", "weight": 0.7},
-        {"name": "treatment", "model_version": VERSIONS[-1], "weight": 0.3},
-    ],
-    "seed": "exp-v1-vs-v2-2026",
-    "primary_metric": "install_rate",
-}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from real_catalogue import EXP_ID, EXPERIMENT, REAL, VERSIONS
+
 KEY = "multiworker-admin-key-0b6f2d"
 N = 200
 CONNECTIONS = 4
@@ -51,17 +39,11 @@ CONNECTIONS = 4
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def serve(tmp: Path, store_url: str, workers: int = 2) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``appsim serve --workers N`` with its own config and ``APPSIM_EVENT_STORE__URL``; yields the base URL
     once ``/health/ready`` answered 200 on several fresh connections (so that every worker is up). The
-    caller stops it with :func:`stop`; it is killed if still running at exit."""
+    caller stops it with :func:`stop`; its process group is stopped if still running at exit."""
     if not REAL.joinpath("v1", "manifest.json").is_file():
         pytest.fail("artifacts/real is missing: run `make data` (appsim data build)")
     cfg = {
@@ -74,39 +56,15 @@ def serve(tmp: Path, store_url: str, workers: int = 2) -> Iterator[tuple[str, su
     }
     config = tmp / "config.yaml"
     config.write_text(json.dumps(cfg))  # JSON is YAML
-    port = _free_port()
-    env = {
-        **os.environ,
-        "APPSIM_CONFIG": str(config),
-        "APPSIM_EVENT_STORE__URL": store_url,
-        "APPSIM_ADMIN_API_KEY": KEY,
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp / "prom"),
-    }
     (tmp / "prom").mkdir(exist_ok=True)
-    log = (tmp / f"server-{port}.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "appsim.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", str(workers)],
-        cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline, streak = time.monotonic() + 180, 0
-        while time.monotonic() < deadline and proc.poll() is None and streak < 10:
-            try:  # a fresh connection each time: the kernel spreads them over the workers
-                ok = httpx.get(url + "/health/ready", timeout=5).status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            streak = streak + 1 if ok else 0
-            time.sleep(0.05 if ok else 0.3)
-        if streak < 10:
-            raise AssertionError(f"server not ready: {(tmp / f'server-{port}.log').read_text()[-3000:]}")
-        yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-        log.close()
+    env = {"APPSIM_EVENT_STORE__URL": store_url, "APPSIM_ADMIN_API_KEY": KEY,
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp / "prom")}  # fmt: skip
+    server = ServerProcess(config=config, log=tmp / "server.log", workers=workers, env=env, cwd=tmp,
+                           log_level="warning")  # fmt: skip
+    # 10 answers in a row on fresh connections: the kernel spreads them over the workers
+    with server.start(180, streak=10):
+        assert server.proc is not None
+        yield server.url, server.proc
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

@@ -18,13 +18,9 @@ Bounded: each case < 60 s; the server's process group is killed on exit, whateve
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -36,6 +32,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from appsim.testing.server import ServerProcess
+
 ROOT = Path(__file__).resolve().parents[2]
 REAL = ROOT / "artifacts" / "real"
 PACKAGED_CONFIG = ROOT / "src" / "appsim" / "config" / "config.yaml"
@@ -43,14 +41,9 @@ GRACE_S = 30.0  # appsim serve: timeout_graceful_shutdown=30
 PROBE = 16
 CONCURRENT = 4
 TARGET_CALL_S = 0.8
+LOADED = '"event": "model versions loaded"'  # one log line per worker
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def built_versions(catalogue: Path) -> list[str]:
@@ -70,65 +63,18 @@ def write_config(path: Path, catalogue: Path, versions: list[str], events: Path)
     return path
 
 
-class LiveServer:
-    """``python -m appsim.cli serve`` in its own process group, logging to ``log``."""
-
-    def __init__(self, config: Path, log: Path, *, workers: int = 1) -> None:
-        self.config, self.log, self.workers = config, log, workers
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 50.0) -> LiveServer:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("APPSIM_")}
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        env.update({"APPSIM_CONFIG": str(self.config), "PYTHONUNBUFFERED": "1"})
-        cmd = [sys.executable, "-m", "appsim.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-               "--workers", str(self.workers), "--log-level", "info"]
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            loaded = self.log.read_text(errors="replace").count('"event": "model versions loaded"')
-            try:  # every worker has loaded (a request may reach any of them) and the service is ready
-                ready = httpx.get(self.url + "/health/ready", timeout=2.0).status_code == 200
-                if loaded >= self.workers and ready:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"server not ready within {timeout} s:\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError as e:
-            return f"(no log: {e})"
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group (cleanup); never raises."""
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-
-
 @pytest.fixture
 def make_server(tmp_path: Path) -> Iterator[Any]:
-    servers: list[LiveServer] = []
+    servers: list[ServerProcess] = []
 
-    def make(workers: int) -> LiveServer:
+    def make(workers: int) -> ServerProcess:
         if not (REAL / "v1" / "manifest.json").is_file():
             pytest.fail("artifacts/real is missing: run `make data` (appsim data build)")
         config = write_config(tmp_path / "config.yaml", REAL, built_versions(REAL), tmp_path / "ev.sqlite")
-        server = LiveServer(config, tmp_path / "server.log", workers=workers)
+        server = ServerProcess(config=config, log=tmp_path / "server.log", workers=workers, cwd=ROOT)
         servers.append(server)
-        return server.start()
+        # every worker has loaded (a request may reach any of them) and the service is ready
+        return server.start(50.0, ready=lambda s: s.log_count(LOADED) >= s.workers)
 
     yield make
     for s in servers:
@@ -146,7 +92,7 @@ def batch_body(version: str, size: int) -> dict[str, Any]:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sigterm_drains_requests_in_flight(make_server: Any, workers: int) -> None:
-    server: LiveServer = make_server(workers)
+    server: ServerProcess = make_server(workers)
     assert server.proc is not None
     version = built_versions(REAL)[-1]
     t = time.perf_counter()

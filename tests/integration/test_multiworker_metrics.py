@@ -24,9 +24,7 @@ import itertools
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -40,6 +38,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from appsim.testing.server import ServerProcess
+
 ROOT = Path(__file__).resolve().parents[2]
 REAL = ROOT / "artifacts" / "real"
 PACKAGED_CONFIG = ROOT / "src" / "appsim" / "config" / "config.yaml"
@@ -51,12 +51,6 @@ SENDERS = 4
 pytestmark = pytest.mark.slow
 
 SampleKey = tuple[str, tuple[tuple[str, str], ...]]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_config(path: Path, versions: list[str], events: Path) -> Path:
@@ -147,28 +141,14 @@ def server(tmp_path: Path) -> Iterator[dict[str, Any]]:
     mpdir = tmp_path / "prom"
     mpdir.mkdir()
     config = write_config(tmp_path / "config.yaml", versions, tmp_path / "events.sqlite")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("APPSIM_")}
-    env.update(APPSIM_CONFIG=str(config), PROMETHEUS_MULTIPROC_DIR=str(mpdir), PYTHONUNBUFFERED="1")
-    log = tmp_path / "server.log"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "appsim.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "2", "--log-level", "info"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    info = {"url": f"http://127.0.0.1:{port}", "proc": proc, "mpdir": mpdir, "log": log, "versions": versions}
+    server = ServerProcess(config=config, log=tmp_path / "server.log", workers=2, cwd=ROOT,
+                           env={"PROMETHEUS_MULTIPROC_DIR": str(mpdir)})  # fmt: skip
+    proc = server.launch()  # the test waits for the workers itself (wait_workers_loaded)
+    info = {"url": server.url, "proc": proc, "mpdir": mpdir, "log": server.log, "versions": versions}
     try:
         yield info
     finally:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        server.stop()
 
 
 def wait_workers_loaded(info: dict[str, Any], loads: int, timeout: float) -> set[int]:

@@ -20,15 +20,10 @@ Bounded: ~10 s of load per phase, each test well under 60 s; the server's proces
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -40,6 +35,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+
+from appsim.testing.server import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 REAL = ROOT / "artifacts" / "real"
@@ -53,12 +50,6 @@ pytestmark = pytest.mark.slow
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def built_versions(catalogue: Path) -> list[str]:
@@ -80,58 +71,6 @@ def write_config(path: Path, catalogue: Path, versions: list[str], events: Path,
     cfg.update(extra)
     path.write_text(yaml.safe_dump(cfg, sort_keys=True))
     return path
-
-
-class LiveServer:
-    """``python -m appsim.cli serve`` in its own process group, logging to ``log``."""
-
-    def __init__(
-        self, config: Path, log: Path, *, workers: int = 1, env: dict[str, str] | None = None
-    ) -> None:
-        self.config, self.log, self.workers, self.extra_env = config, log, workers, env or {}
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 50.0) -> LiveServer:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("APPSIM_")}
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        env.update({"APPSIM_CONFIG": str(self.config), "PYTHONUNBUFFERED": "1", **self.extra_env})
-        cmd = [sys.executable, "-m", "appsim.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-               "--workers", str(self.workers), "--log-level", "info"]
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(self.url + "/health/ready", timeout=2.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise AssertionError(f"server not ready within {timeout} s:\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError as e:
-            return f"(no log: {e})"
-
-    def stop(self) -> None:
-        """SIGTERM to the process group, SIGKILL after 20 s; never raises."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=20)
-        except (subprocess.TimeoutExpired, ProcessLookupError, PermissionError):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
 
 
 def neighbours(body: dict[str, Any]) -> list[tuple[str, float]]:
@@ -246,9 +185,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     perm_sha = write_permuted(orig, tmp / "v1-perm")
     orig_sha = json.loads((orig / "manifest.json").read_text())["vectors_sha256"]
     config = write_config(tmp / "config.yaml", catalogue, versions, tmp / "events.sqlite", admin_api_key=KEY)
-    server = LiveServer(config, tmp / "server.log")
+    server = ServerProcess(config=config, log=tmp / "server.log", cwd=ROOT)
     try:
-        server.start()
+        server.start(50.0)
         pool = baseline_pool(server.url, versions)
         yield {"server": server, "catalogue": catalogue, "versions": versions, "pool": pool, "tmp": tmp,
                "artifacts": {"orig": (orig, orig_sha), "perm": (tmp / "v1-perm", perm_sha)}}
@@ -287,7 +226,7 @@ def baseline_pool(url: str, versions: list[str]) -> list[tuple[dict[str, Any], l
 
 
 def test_reloads_under_load_zero_failures(env: dict[str, Any]) -> None:
-    server: LiveServer = env["server"]
+    server: ServerProcess = env["server"]
     v1_dir = env["catalogue"] / "v1"
     arts = env["artifacts"]
     plan = ["perm", "orig", "perm", "orig", "perm", "orig"]
@@ -370,7 +309,7 @@ CORRUPTIONS = [
 
 
 def test_corrupted_reload_keeps_serving_the_old_version(env: dict[str, Any]) -> None:
-    server: LiveServer = env["server"]
+    server: ServerProcess = env["server"]
     v1_dir: Path = env["catalogue"] / "v1"
     arts = env["artifacts"]
     encoder_backup = env["tmp"] / "encoder-backup"
@@ -411,7 +350,7 @@ def test_corrupted_reload_keeps_serving_the_old_version(env: dict[str, Any]) -> 
 
 
 def test_admin_key_checks_on_the_live_server(env: dict[str, Any]) -> None:
-    server: LiveServer = env["server"]
+    server: ServerProcess = env["server"]
     for key, status in ((None, 401), ("wrong-key", 401), ("", 401), (KEY + "x", 401)):
         r = reload(server.url, "v1", key=key)
         assert r.status_code == status, r.text
