@@ -33,7 +33,9 @@ class ExactIndex:
     name = "exact"
 
     def __init__(self, vectors: np.ndarray, tiebreak: np.ndarray | None = None) -> None:
-        self._x = vectors
+        # a plain ndarray view of the (memory-mapped) rows: same pages, no copy, but without np.memmap's
+        # per-operation __array_finalize__ overhead on every query
+        self._x = np.asarray(vectors)
         self.size, self.dim = int(vectors.shape[0]), int(vectors.shape[1])
         self._tiebreak = (
             np.arange(self.size, dtype=np.int64) if tiebreak is None else np.asarray(tiebreak, dtype=np.int64)
