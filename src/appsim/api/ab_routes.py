@@ -47,6 +47,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from appsim.api.ab_wiring import ABRuntime
 from appsim.api.deps import ContainerDep
+from appsim.api.errors import problem_docs
 from appsim.api.security import AdminDep, api_key_header
 from appsim.errors import NotFoundError, UnavailableError, ValidationError
 
@@ -54,29 +55,20 @@ router = APIRouter(tags=["experiments"])
 
 MAX_FEEDBACK_EVENTS = 1000
 
-_PROBLEM_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["type", "title", "status", "detail"],
-    "properties": {
-        "type": {"type": "string"},
-        "title": {"type": "string"},
-        "status": {"type": "integer"},
-        "detail": {"type": "string"},
-        "field": {"type": "string"},
-        "request_id": {"type": "string"},
-    },
-    "additionalProperties": True,
-}
+_BODY_ERRORS = problem_docs({400: "invalid Content-Length", 413: "body too large"})
 
 
-def _problem(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/problem+json": {"schema": _PROBLEM_SCHEMA}}}
+def _admin_errors(invalid: str) -> dict[int | str, dict[str, Any]]:
+    """The problems an admin route answers; ``invalid`` describes its 422."""
+    return problem_docs(
+        {
+            401: "missing or wrong X-API-Key",
+            404: "unknown experiment",
+            422: invalid,
+            503: "admin API disabled (no key configured) or event store unavailable",
+        }
+    )
 
-
-_BODY_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: _problem("invalid Content-Length"),
-    413: _problem("body too large"),
-}
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 ExperimentId = Annotated[str, Path(min_length=1, max_length=200, description="the experiment's id")]
@@ -354,9 +346,13 @@ def _relocate(exc: ValidationError | NotFoundError, batch: bool) -> ValidationEr
     summary="Report outcomes (impression, click, install, revenue) of served requests; idempotent",
     openapi_extra=_FEEDBACK_BODY,
     responses={
-        404: _problem("a request_id has no recorded exposure (nothing written)"),
-        422: _problem("invalid event (the field is named, e.g. events.3.value; nothing written)"),
-        503: _problem("event store unavailable; retry later"),
+        **problem_docs(
+            {
+                404: "a request_id has no recorded exposure (nothing written)",
+                422: "invalid event (the field is named, e.g. events.3.value; nothing written)",
+                503: "event store unavailable; retry later",
+            }
+        ),
         **_BODY_ERRORS,
     },
 )
@@ -391,11 +387,9 @@ def list_experiments(runtime: RuntimeDep) -> ExperimentListOut:
     "/experiments/{experiment_id}",
     response_model=ExperimentReportOut,
     summary="Full report: exposures, outcomes, rates with CIs, latency, SRM, tests, decision",
-    responses={
-        404: _problem("unknown experiment"),
-        422: _problem("invalid experiment id"),
-        503: _problem("event store unavailable"),
-    },
+    responses=problem_docs(
+        {404: "unknown experiment", 422: "invalid experiment id", 503: "event store unavailable"}
+    ),
 )
 def experiment_report(experiment_id: ExperimentId, runtime: RuntimeDep) -> dict[str, Any]:
     return runtime.report(experiment_id)
@@ -406,10 +400,7 @@ def experiment_report(experiment_id: ExperimentId, runtime: RuntimeDep) -> dict[
     response_model=WeightsOut,
     summary="Admin: change an experiment's weights (ramp, pause, rollback); audited",
     responses={
-        401: _problem("missing or wrong X-API-Key"),
-        404: _problem("unknown experiment"),
-        422: _problem("invalid weights (unknown variant, outside [0, 1], not summing to 1)"),
-        503: _problem("admin API disabled (no key configured) or event store unavailable"),
+        **_admin_errors("invalid weights (unknown variant, outside [0, 1], not summing to 1)"),
         **_BODY_ERRORS,
     },
 )
@@ -426,12 +417,7 @@ def set_weights(
     "/experiments/{experiment_id}/audit",
     response_model=AuditOut,
     summary="Admin: the experiment's audit log (weight changes, auto-rollbacks), newest first",
-    responses={
-        401: _problem("missing or wrong X-API-Key"),
-        404: _problem("unknown experiment"),
-        422: _problem("invalid limit"),
-        503: _problem("admin API disabled (no key configured) or event store unavailable"),
-    },
+    responses=_admin_errors("invalid limit"),
 )
 def experiment_audit(
     experiment_id: ExperimentId,

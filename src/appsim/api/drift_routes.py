@@ -28,6 +28,7 @@ import structlog
 from fastapi import APIRouter, FastAPI, Query, Request
 from pydantic import BaseModel, Field
 
+from appsim.api.errors import problem_docs
 from appsim.data.catalogue import APPS_FILE
 from appsim.errors import UnavailableError, UnknownModelVersionError
 from appsim.observability import DRIFT_ALERT, DRIFT_SCORE
@@ -37,26 +38,6 @@ from appsim.services.similarity import SimilarityResult
 
 log = structlog.get_logger("appsim.drift")
 router = APIRouter()
-
-#: JSON schema of an RFC 9457 problem-details body (``appsim.api.errors.problem_response``).
-PROBLEM_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["type", "title", "status", "detail"],
-    "properties": {
-        "type": {"type": "string"},
-        "title": {"type": "string"},
-        "status": {"type": "integer"},
-        "detail": {"type": "string"},
-        "field": {"type": "string"},
-        "request_id": {"type": "string"},
-    },
-    "additionalProperties": True,
-}
-
-
-def problem(description: str) -> dict[str, Any]:
-    """An OpenAPI ``responses=`` entry for a problem-details answer (``application/problem+json``)."""
-    return {"description": description, "content": {"application/problem+json": {"schema": PROBLEM_SCHEMA}}}
 
 
 class DriftMethodOut(BaseModel):
@@ -192,7 +173,7 @@ def install_drift(app: FastAPI, container: Any) -> DriftMonitor:
     response_model=DriftReportOut,
     tags=["operations"],
     summary="Input drift of recent queries vs the catalogue, per model version and feature",
-    responses={422: problem("unknown model_version"), 503: problem("model versions are still loading")},
+    responses=problem_docs({422: "unknown model_version", 503: "model versions are still loading"}),
 )
 def drift_report(
     request: Request,

@@ -11,6 +11,7 @@ request validation errors also list every problem in ``errors`` ([{field, messag
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -24,6 +25,32 @@ from appsim.errors import AppsimError
 
 PROBLEM_BASE = "https://appsim.dev/problems/"
 log = structlog.get_logger("appsim.api")
+
+#: JSON schema of an RFC 9457 problem-details body (what :func:`problem_response` writes), for OpenAPI.
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "field": {"type": "string"},
+        "request_id": {"type": "string"},
+    },
+    "additionalProperties": True,
+}
+
+
+def problem_doc(description: str) -> dict[str, Any]:
+    """An OpenAPI ``responses=`` entry for a problem-details answer (``application/problem+json`` with
+    :data:`PROBLEM_SCHEMA`), e.g. ``responses={404: problem_doc("unknown experiment")}``."""
+    return {"description": description, "content": {"application/problem+json": {"schema": PROBLEM_SCHEMA}}}
+
+
+def problem_docs(descriptions: Mapping[int, str]) -> dict[int | str, dict[str, Any]]:
+    """:func:`problem_doc` for each ``{status: description}``: a whole ``responses=`` argument."""
+    return {status: problem_doc(text) for status, text in descriptions.items()}
 
 
 def _json_safe(v: Any) -> Any:
