@@ -12,9 +12,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from appsim.api.schemas import ExperimentOut, FiltersIn, QueryIn, QueryInfoOut, RoutingIn
+from appsim.api.schemas import (
+    EXAMPLE_APP,
+    ExperimentOut,
+    FiltersIn,
+    NeighbourOut,
+    QueryIn,
+    QueryInfoOut,
+    RoutingIn,
+    request_config,
+)
 
 CategorySource = Literal["metadata", "catalogue", "neighbour_majority", "none"]
 StrictNeighbours = Annotated[
@@ -34,22 +43,9 @@ class PredictRequest(QueryIn, RoutingIn):
     neighbours: StrictNeighbours | None = None
     filters: FiltersIn | None = None
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "app": {
-                        "name": "Sleep Sounds Pro",
-                        "category": "Health & Fitness",
-                        "description": "Relaxing rain and ocean sounds to help you fall asleep.",
-                    },
-                    "neighbours": 15,
-                    "advertiser_id": "adv-42",
-                },
-                {"app_id": "284882215", "model_version": "v1"},
-            ]
-        },
+    model_config = request_config(
+        {"app": EXAMPLE_APP, "neighbours": 15, "advertiser_id": "adv-42"},
+        {"app_id": "284882215", "model_version": "v1"},
     )
 
 
@@ -99,17 +95,11 @@ class SegmentOut(BaseModel):
     support: dict[str, float] = Field(description="raw impressions, clicks, installs and neighbour apps")
 
 
-class PredictionNeighbourOut(BaseModel):
+class PredictionNeighbourOut(NeighbourOut):
     """A neighbour as found (rank, name, category, cosine ``score``) and as used (``weight``: share of the
     evidence, summing to 1 over the neighbours with history; ``evidence_multiplier`` = ESS x weight; its
     history totals)."""
 
-    rank: int
-    app_id: str
-    name: str
-    category: str
-    platform: str
-    score: float = Field(description="cosine similarity in [-1, 1]")
     weight: float
     evidence_multiplier: float
     has_history: bool

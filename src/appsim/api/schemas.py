@@ -3,6 +3,7 @@ misspelt filter is never silently ignored."""
 
 from __future__ import annotations
 
+import copy
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
@@ -15,6 +16,20 @@ UnitId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+#: The new app of the request examples in the OpenAPI schema (find-similar and predict).
+EXAMPLE_APP: dict[str, str] = {
+    "name": "Sleep Sounds Pro",
+    "category": "Health & Fitness",
+    "description": "Relaxing rain and ocean sounds to help you fall asleep.",
+}
+
+
+def request_config(*examples: dict[str, Any]) -> ConfigDict:
+    """``model_config`` of a request model: unknown fields rejected, ``examples`` in its JSON schema (copied:
+    models never share them)."""
+    return ConfigDict(extra="forbid", json_schema_extra={"examples": [copy.deepcopy(e) for e in examples]})
 
 
 class AppIn(_In):
@@ -72,22 +87,9 @@ class FindSimilarRequest(QueryIn, RoutingIn):
     top_k: StrictTopK | None = None
     filters: FiltersIn | None = None
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "app": {
-                        "name": "Sleep Sounds Pro",
-                        "category": "Health & Fitness",
-                        "description": "Relaxing rain and ocean sounds to help you fall asleep.",
-                    },
-                    "top_k": 10,
-                    "advertiser_id": "adv-42",
-                },
-                {"app_id": "284882215", "model_version": "v1", "top_k": 5, "filters": {"category": "Games"}},
-            ]
-        },
+    model_config = request_config(
+        {"app": EXAMPLE_APP, "top_k": 10, "advertiser_id": "adv-42"},
+        {"app_id": "284882215", "model_version": "v1", "top_k": 5, "filters": {"category": "Games"}},
     )
 
 
