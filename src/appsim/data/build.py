@@ -65,22 +65,32 @@ def encode_parallel(
     """MiniLM-encode ``texts`` in ``processes`` worker processes (default: one per core), one BLAS thread
     each: on a shared 2-core machine two single-threaded processes beat one 2-thread process several
     times over (OpenBLAS' thread sync; docs/benchmarks.md). Returns ``(len(texts), 384) float32`` in
-    input order, identical to a single-process encode (each text is encoded independently)."""
+    input order, byte-identical to ``MiniLMEncoder.encode_texts(texts)`` with one thread: the texts are
+    ordered longest first exactly as ``encode_texts`` orders them and cut into chunks of whole batches
+    (``chunk`` a multiple of 32), so every batch, and so every float sum, is the same."""
     import os
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
     from tqdm import tqdm
 
+    from appsim.backends.minilm import MiniLMEncoder
+
+    if chunk % 32:
+        raise ValueError("chunk must be a multiple of the encoder's batch size (32)")
     n = processes or max(1, os.cpu_count() or 1)
-    chunks = [texts[i : i + chunk] for i in range(0, len(texts), chunk)]
+    lengths = MiniLMEncoder(include_category=include_category).token_counts(texts)
+    order = np.argsort(-lengths, kind="stable")
+    pieces = [order[i : i + chunk] for i in range(0, len(texts), chunk)]
     log(f"encoding {len(texts)} texts with MiniLM in {n} processes")
-    out: list[np.ndarray] = []
+    out = np.zeros((len(texts), 384), dtype=np.float32)
     with ProcessPoolExecutor(max_workers=n, mp_context=get_context("spawn")) as pool:
-        it = pool.map(_encode_chunk, [(c, include_category) for c in chunks])
-        for arr in tqdm(it, total=len(chunks), unit="chunk", disable=not progress):
-            out.append(arr)
-    return np.concatenate(out, axis=0) if out else np.zeros((0, 384), dtype=np.float32)
+        it = pool.map(_encode_chunk, [([texts[i] for i in p], include_category) for p in pieces])
+        for rows, arr in tqdm(
+            zip(pieces, it, strict=True), total=len(pieces), unit="chunk", disable=not progress
+        ):
+            out[rows] = arr
+    return out
 
 
 def _up_to_date(out: Path, inputs: dict[str, str]) -> bool:
