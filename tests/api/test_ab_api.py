@@ -9,6 +9,7 @@ the key never in logs or responses).
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,22 +20,9 @@ from fastapi.testclient import TestClient
 from appsim.services.ab_testing import ExperimentConfig
 from appsim.services.assignment import assign
 
-ROOT = Path(__file__).resolve().parents[2]
-REAL = ROOT / "artifacts" / "real"
-HAS_V2 = (REAL / "v2" / "manifest.json").is_file()
-TREATMENT_VERSION = "v2" if HAS_V2 else "v1"  # v2 (MiniLM) once built; the arms still differ by variant
-EXP_ID = "v1-vs-v2"
-EXPERIMENT: dict[str, Any] = {
-    "id": EXP_ID,
-    "unit": "advertiser_id",
-    "variants": [
-        {"name": "control", "model_version": "v1", "weight": 0.7},
-        {"name": "treatment", "model_version": TREATMENT_VERSION, "weight": 0.3},
-    ],
-    "seed": "exp-v1-vs-v2-2026",
-    "primary_metric": "install_rate",
-    "enabled": True,
-}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from real_catalogue import EXP_ID, EXPERIMENT, HAS_V2, TREATMENT_VERSION
+
 KEY = "test-admin-key-7f3c9b2e5a1d4c8f"
 APP = {"app_id": "284882215"}  # Facebook, a catalogue app
 
@@ -495,7 +483,8 @@ def test_feedback_value_is_capped(ab: tuple[TestClient, Any]) -> None:
     c, rt = ab
     rid = served(c, rt, 1, prefix="adv-cap")[0]
     before = outcome_ids(rt)
-    r = c.post("/feedback", json={"event_id": "ev-huge", "request_id": rid, "kind": "revenue", "value": 1e308})
+    huge = {"event_id": "ev-huge", "request_id": rid, "kind": "revenue", "value": 1e308}
+    r = c.post("/feedback", json=huge)
     assert r.status_code == 422 and r.json()["field"].endswith("value")
     ok = c.post("/feedback", json={"event_id": "ev-ok", "request_id": rid, "kind": "revenue", "value": 1e6})
     assert ok.status_code == 200

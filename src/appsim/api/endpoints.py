@@ -114,7 +114,9 @@ def find_similar(body: FindSimilarRequest, request: Request) -> FindSimilarRespo
             else sim.find_similar(version, query, body.top_k, to_filters(body.filters))
         )
     except AppsimError as e:
-        _after(container, request, "find-similar", version, assignment, t0, error=e.code, error_status=e.status)
+        _after(
+            container, request, "find-similar", version, assignment, t0, error=e.code, error_status=e.status
+        )
         raise
     _after(container, request, "find-similar", version, assignment, t0, result=res, query=query)
     out = FindSimilarResponse(

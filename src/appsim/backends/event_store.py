@@ -426,7 +426,8 @@ def validate_outcome(o: Outcome) -> dict[str, Any]:
     row["value"] = _check_number(o.value, "value")
     if row["value"] > MAX_OUTCOME_VALUE:
         raise ValidationError(
-            f"value must be at most {MAX_OUTCOME_VALUE:g} (USD for revenue, a count otherwise), got {row['value']!r}",
+            f"value must be at most {MAX_OUTCOME_VALUE:g} (USD for revenue, a count otherwise), "
+            f"got {row['value']!r}",
             field="value",
         )
     row["ts"] = _check_ts(o.ts)
