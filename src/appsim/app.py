@@ -186,7 +186,9 @@ def create_app(settings: Settings | None = None, *, load_in_background: bool = T
     from appsim.api.admin_routes import router as admin_router
 
     app.include_router(admin_router)  # POST /admin/reload/{model_version} (X-API-Key: api.security)
-    known = {getattr(r, "path", "") for r in app.routes}
+    # every documented path (routers are nested, so app.routes alone does not list them): requests that
+    # fail before routing (413, invalid JSON) are still labelled with their endpoint in metrics and logs
+    known = set(app.openapi().get("paths", {}))
     app.add_middleware(RequestContextMiddleware, max_body_bytes=s.limits.max_body_bytes, known_routes=known)
     if not load_in_background:
         load_all(container, after_ready_in_background=False)

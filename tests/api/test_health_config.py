@@ -50,6 +50,7 @@ def test_missing_catalogue_is_reported_not_served(settings_factory, tmp_path: Pa
         ({"APPSIM_DEFAULT_MODEL_VERSION": "v9"}, "default_model_version"),
         ({"APPSIM_LOGGING__LEVEL": "LOUD"}, "logging.level"),
         ({"APPSIM_THREADS__BLAS": "0"}, "threads.blas"),
+        ({"APPSIM_PREDICTION__NEIGHBOURS": "50"}, "prediction"),
     ],
 )
 def test_bad_configuration_names_the_key(

@@ -558,3 +558,25 @@ def test_imported_version_has_a_working_encoder(tmp_path: Path) -> None:
     members = [k for k, i in enumerate(IDS) if k % 3 == 0 and k % 2 == 1]
     want = _unit(np.sum([_unit(X[k]) for k in members], axis=0))
     np.testing.assert_allclose(v[0], want, atol=1e-6)
+
+
+def test_pairs_layout_with_a_missing_id_is_dropped_and_counted(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A (None, vector) pair is a row without an id: dropped and counted, never a traceback."""
+    import os
+    import pickle as _pickle
+
+    import numpy as _np
+    import pandas as _pd
+
+    from appsim.data.company import import_company as _import
+    from appsim.data.mock import generate_mock as _gen
+
+    src = tmp_path / "src"
+    _gen(120, 5, src)
+    ids = _pd.read_csv(src / "sample_apps.csv")["app_id"].dropna().unique().tolist()
+    rng = _np.random.default_rng(1)
+    pairs = [(i, rng.random(64)) for i in ids] + [(None, rng.random(64))]
+    with open(os.path.join(src, "mock_embeddings_v1.pkl"), "wb") as f:
+        _pickle.dump(pairs, f)
+    report = _import(src, tmp_path / "out")
+    assert report["versions"]["v1"]["counts"]["missing_ids"] == 1

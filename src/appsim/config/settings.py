@@ -81,6 +81,15 @@ class PredictionSettings(BaseModel):
     max_neighbours: int = Field(20, ge=1)
     history_file: str = "history_simulated.csv"
 
+    @model_validator(mode="after")
+    def _default_within_bounds(self) -> PredictionSettings:
+        if not self.min_neighbours <= self.neighbours <= self.max_neighbours:
+            raise ValueError(
+                f"neighbours ({self.neighbours}) must lie within min_neighbours..max_neighbours "
+                f"({self.min_neighbours}..{self.max_neighbours})"
+            )
+        return self
+
 
 class DriftConfig(BaseModel):
     """Input-drift monitoring (``appsim.services.drift``): window sizes and alert thresholds.

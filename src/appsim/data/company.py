@@ -409,11 +409,23 @@ def _extract(
         if obj and all(isinstance(r, Mapping) for r in obj):
             return _raw_from_frame(pd.DataFrame(list(obj)), apps_order, expected_dim, source, report)
         if obj and all(
-            isinstance(r, (tuple, list)) and len(r) == 2 and isinstance(r[0], str) and _is_vector_like(r[1])
+            isinstance(r, (tuple, list))
+            and len(r) == 2
+            and (r[0] is None or isinstance(r[0], str))  # a None id is dropped and counted (missing_ids)
+            and _is_vector_like(r[1])
             for r in obj
         ):
             return _Raw([r[0] for r in obj], [r[1] for r in obj], "list[(app_id, vector)]")
-        return _raw_from_matrix(_object_array(list(obj)), apps_order, source, "list[vector in CSV order]")
+        try:
+            matrix = _object_array(list(obj))
+        except (TypeError, ValueError) as e:
+            raise EmbeddingLayoutError(
+                f"{source}: a list that is neither (app_id, vector) pairs, records, nor equal-length "
+                f"vectors: {e}",
+                path=source,
+                check="layout",
+            ) from e
+        return _raw_from_matrix(matrix, apps_order, source, "list[vector in CSV order]")
     raise EmbeddingLayoutError(
         f"{source}: unsupported pickle content {type(obj).__module__}.{type(obj).__qualname__}",
         path=source,
