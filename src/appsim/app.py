@@ -177,7 +177,7 @@ def create_app(settings: Settings | None = None, *, load_in_background: bool = T
 
     container.extras.setdefault("on_loaded", []).append(load_prediction)  # HistoryStats, built once
     app.include_router(predict_router)  # POST /predict
-    install_drift(app, container)  # GET /drift + drift hooks (on_loaded, after_request)
+    install_drift(app, container)  # GET /drift + drift hooks (after_ready, after_request, on_reloaded)
     from appsim.api.ab_routes import router as ab_router
     from appsim.api.ab_wiring import install_ab
 
