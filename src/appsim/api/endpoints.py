@@ -81,17 +81,42 @@ def _after(
             )
 
 
+QUERY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"description": "unknown app_id"},
+    413: {"description": "body too large"},
+    422: {"description": "invalid input (problem details name the field)"},
+    503: {"description": "model versions are still loading or failed to load"},
+}
+
+
+def route_request(container: Any, body: Any, request: Request, request_id: str) -> tuple[Any, str, Any]:
+    """``(similarity service, model version, assignment)`` for one query request; the version and variant
+    are put on ``request.state`` for the access log and metrics. raises UnavailableError while loading,
+    UnknownModelVersionError."""
+    sim = container.require_similarity()
+    version, assignment = choose_version(container, body, request_id)
+    request.state.model_version = version
+    if assignment:
+        request.state.variant = assignment["variant"]
+    return sim, version, assignment
+
+
+def search(
+    container: Any, sim: Any, version: str, query: Any, k: int | None, filters: Any
+) -> SimilarityResult:
+    """One similarity search, through the LRU cache when it is configured (``extras["search"]``)."""
+    cached = container.extras.get("search")
+    if cached is not None:
+        return cached(sim, version, query, k, filters)
+    return sim.find_similar(version, query, k, filters)
+
+
 @router.post(
     "/find-similar",
     response_model=FindSimilarResponse,
     tags=["similarity"],
     summary="Top-k most similar catalogue apps, by app id, raw vector or new-app metadata",
-    responses={
-        404: {"description": "unknown app_id"},
-        413: {"description": "body too large"},
-        422: {"description": "invalid input (problem details name the field)"},
-        503: {"description": "model versions are still loading or failed to load"},
-    },
+    responses=QUERY_RESPONSES,
 )
 def find_similar(body: FindSimilarRequest, request: Request) -> FindSimilarResponse:
     # the container and the request id are read here, not through Depends(): each sync dependency costs a
@@ -99,20 +124,11 @@ def find_similar(body: FindSimilarRequest, request: Request) -> FindSimilarRespo
     t0 = time.perf_counter()
     container = request.app.state.container
     request_id = str(request.state.request_id)
-    sim = container.require_similarity()
-    version, assignment = choose_version(container, body, request_id)
-    request.state.model_version = version
-    if assignment:
-        request.state.variant = assignment["variant"]
+    sim, version, assignment = route_request(container, body, request, request_id)
     query = to_query(body)
     try:
         _check_limits(container, body)
-        search = container.extras.get("search")
-        res = (
-            search(sim, version, query, body.top_k, to_filters(body.filters))
-            if search is not None
-            else sim.find_similar(version, query, body.top_k, to_filters(body.filters))
-        )
+        res = search(container, sim, version, query, body.top_k, to_filters(body.filters))
     except AppsimError as e:
         _after(
             container, request, "find-similar", version, assignment, t0, error=e.code, error_status=e.status
@@ -264,8 +280,9 @@ async def health(container: ContainerDep) -> HealthResponse:
 )
 async def ready(container: ContainerDep) -> Response:
     h = _health(container)
-    return Response(orjson.dumps(h.model_dump()), status_code=200 if h.ready else 503,
-                    media_type="application/json")
+    return Response(
+        orjson.dumps(h.model_dump()), status_code=200 if h.ready else 503, media_type="application/json"
+    )
 
 
 @router.get(

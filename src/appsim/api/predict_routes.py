@@ -38,8 +38,15 @@ import pandas as pd
 import structlog
 from fastapi import APIRouter, Request
 
-from appsim.api.deps import ContainerDep, RequestIdDep, choose_version, to_filters, to_query
-from appsim.api.endpoints import _after, _check_limits, _experiment_out
+from appsim.api.deps import ContainerDep, RequestIdDep, to_filters, to_query
+from appsim.api.endpoints import (
+    QUERY_RESPONSES,
+    _after,
+    _check_limits,
+    _experiment_out,
+    route_request,
+    search,
+)
 from appsim.api.predict_schemas import (
     CategoryOut,
     CategorySource,
@@ -271,32 +278,18 @@ def _prediction_out(
     response_model=PredictResponse,
     tags=["prediction"],
     summary="Predict a new app's campaign rates (with 80% intervals) from its 10-20 most similar apps",
-    responses={
-        404: {"description": "unknown app_id"},
-        413: {"description": "body too large"},
-        422: {"description": "invalid input (problem details name the field)"},
-        503: {"description": "model versions are still loading"},
-    },
+    responses=QUERY_RESPONSES,
 )
 def predict_route(
     body: PredictRequest, request: Request, container: ContainerDep, request_id: RequestIdDep
 ) -> PredictResponse:
     t0 = time.perf_counter()
-    sim = container.require_similarity()
-    version, assignment = choose_version(container, body, request_id)
-    request.state.model_version = version
-    if assignment:
-        request.state.variant = assignment["variant"]
+    sim, version, assignment = route_request(container, body, request, request_id)
     try:
         k = check_neighbours(container.settings.prediction, body.neighbours)
         _check_limits(container, body)
         query, filters = to_query(body), to_filters(body.filters)
-        search = container.extras.get("search")
-        res = (
-            search(sim, version, query, k, filters)
-            if search is not None
-            else sim.find_similar(version, query, k, filters)
-        )
+        res = search(container, sim, version, query, k, filters)
         state = _state(container)
         category, source = prior_category(sim.version(version), query, res)
         pred = state.service.predict([(n.app_id, n.score) for n in res.neighbours], category)
