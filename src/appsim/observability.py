@@ -93,6 +93,17 @@ DRIFT_ALERT = Gauge(
     ["model_version", "feature"],
     multiprocess_mode="mostrecent",
 )
+SHADOW_OVERLAP = Histogram(
+    "appsim_shadow_overlap_at_k",
+    "Shadow mode: share of the served top-k also returned by the other variant's model version",
+    ["experiment", "served", "shadow"],
+    buckets=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+)
+SHADOW_SKIPPED = Counter(
+    "appsim_shadow_skipped",
+    "Shadow comparisons not run (queue full, vector query, error)",
+    ["experiment", "reason"],
+)
 STORE_BUFFERED = Gauge(
     "appsim_event_store_buffered",
     "Exposures buffered while the event store is unavailable",

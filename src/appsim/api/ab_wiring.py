@@ -512,6 +512,12 @@ def install_ab(container: Container) -> ABRuntime:
     runtime = ABRuntime(controller, store, max_queue=max(1, s.event_store.buffer_size))
     container.extras["ab"] = runtime
     container.extras.setdefault("after_request", []).append(runtime.after_request)
+    from appsim.api.shadow import ShadowRunner
+
+    shadow = ShadowRunner(container, configs)
+    if shadow.enabled:  # experiments with `shadow: true`: the other variant runs off the response path
+        container.extras["shadow"] = shadow
+        container.extras["after_request"].append(shadow.after_request)
     container.extras.setdefault("on_shutdown", []).append(lambda _c: runtime.close())
     log.info("ab.installed", store=repr(inner), experiments=[c.id for c in configs])
     return runtime

@@ -118,6 +118,7 @@ class ExperimentConfig(ExperimentSpec):
     min_runtime_days: float = Field(default=7.0, ge=0.0)
     guardrails: GuardrailConfig = Field(default_factory=GuardrailConfig)
     auto_rollback: bool = False
+    shadow: bool = False  # also run the non-served variant off the response path; record overlap@k
     prior: tuple[float, float] = (1.0, 1.0)
     analysis_unit: Literal["exposure", "unit"] = "exposure"
 
