@@ -10,6 +10,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 import appsim.api.ab_wiring as ab_wiring
+from real_catalogue import EXPERIMENT
+
+HALF_HALF = [
+    {"name": "control", "model_version": "v1", "weight": 0.5},
+    {"name": "treatment", "model_version": "v2", "weight": 0.5},
+]
 
 
 def test_scheduled_report_sets_the_alerting_gauges(
@@ -19,17 +25,7 @@ def test_scheduled_report_sets_the_alerting_gauges(
 
     monkeypatch.setattr(ab_wiring, "WEIGHTS_SYNC_S", 0.05)
     monkeypatch.setattr(ab_wiring, "REPORT_INTERVAL_S", 0.0)
-    exp = {
-        "id": "sched-exp",
-        "unit": "advertiser_id",
-        "variants": [
-            {"name": "control", "model_version": "v1", "weight": 0.5},
-            {"name": "treatment", "model_version": "v2", "weight": 0.5},
-        ],
-        "seed": "sched",
-        "primary_metric": "install_rate",
-        "enabled": True,
-    }
+    exp = {**EXPERIMENT, "id": "sched-exp", "seed": "sched", "variants": HALF_HALF}
     app = create_app(settings_factory(experiments=[exp]), load_in_background=False)
     with TestClient(app) as c:
         for i in range(20):

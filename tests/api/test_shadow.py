@@ -8,6 +8,12 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from appsim.api.shadow import overlap_at_k
+from real_catalogue import EXPERIMENT
+
+HALF_HALF = [
+    {"name": "control", "model_version": "v1", "weight": 0.5},
+    {"name": "treatment", "model_version": "v2", "weight": 0.5},
+]
 
 
 def test_overlap_at_k_known_answers() -> None:
@@ -20,17 +26,7 @@ def test_overlap_at_k_known_answers() -> None:
 def test_shadow_records_overlap_of_the_other_version(settings_factory: Any) -> None:
     from appsim.app import create_app
 
-    exp = {
-        "id": "shadow-exp",
-        "unit": "advertiser_id",
-        "variants": [
-            {"name": "control", "model_version": "v1", "weight": 0.5},
-            {"name": "treatment", "model_version": "v2", "weight": 0.5},
-        ],
-        "seed": "shadow",
-        "primary_metric": "install_rate",
-        "shadow": True,
-    }
+    exp = {**EXPERIMENT, "id": "shadow-exp", "seed": "shadow", "shadow": True, "variants": HALF_HALF}
     app = create_app(settings_factory(experiments=[exp]), load_in_background=False)
     with TestClient(app) as c:
         served = []
