@@ -43,9 +43,10 @@ import structlog
 from appsim.backends.event_store import BufferedEventStore, SQLAlchemyEventStore
 from appsim.config.settings import ConfigError
 from appsim.errors import NotFoundError, UnavailableError, ValidationError
+from appsim.jsonsafe import jsonable
 from appsim.observability import DECISION, EXPOSURES, SRM_PVALUE, STORE_BUFFERED, STORE_LOST
 from appsim.services.ab_events import Exposure
-from appsim.services.ab_testing import ABTestController, ExperimentConfig, jsonable, parse_experiments
+from appsim.services.ab_testing import ABTestController, ExperimentConfig, parse_experiments
 
 if TYPE_CHECKING:
     from appsim.app import Container

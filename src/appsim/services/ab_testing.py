@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from appsim.errors import NotFoundError, ValidationError
+from appsim.jsonsafe import jsonable
 from appsim.services import ab_stats
 from appsim.services.ab_events import OUTCOME_KINDS, EventStore, Exposure, Outcome, OutcomeKind
 from appsim.services.assignment import (
@@ -152,24 +153,6 @@ def parse_experiments(items: Sequence[ExperimentConfig | Mapping[str, Any]]) -> 
 
 
 # -------------------------------------------------------------------------------------------- helpers
-
-
-def jsonable(obj: Any) -> Any:
-    """Recursively turn numpy scalars, tuples, datetimes into JSON types; NaN / inf -> ``None``."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, bool | np.bool_):
-        return bool(obj)
-    if isinstance(obj, int | np.integer):
-        return int(obj)
-    if isinstance(obj, float | np.floating):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if isinstance(obj, datetime):
-        return as_utc(obj).isoformat()
-    return obj
 
 
 def _micros(ts: datetime) -> int:

@@ -69,6 +69,7 @@ import pandas as pd
 from scipy import special
 
 from appsim.errors import DataError, ValidationError
+from appsim.jsonsafe import jsonable
 
 REQUIRED_HISTORY_COLUMNS = ("app_id", "impressions", "clicks", "event_count", "mmp_offer_default_revenue")
 DEFAULT_SEGMENT_COLUMNS = ("country", "platform", "age_group", "gender")
@@ -397,7 +398,7 @@ class HistoryStats:
 
     def summary(self) -> dict[str, Any]:
         """JSON-serialisable build report (rows, apps, priors, segment columns)."""
-        return _clean(dict(self.report))
+        return jsonable(dict(self.report))
 
 
 # ---------------------------------------------------------------------------------------- config, result
@@ -539,26 +540,8 @@ class Prediction:
     config: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = _clean(asdict(self))
+        out: dict[str, Any] = jsonable(asdict(self))
         return out
-
-
-def _clean(obj: Any) -> Any:
-    """Recursively: numpy scalars -> Python, non-finite floats -> None, tuples -> lists."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return [_clean(v) for v in obj.tolist()]
-    if isinstance(obj, bool | np.bool_):
-        return bool(obj)
-    if isinstance(obj, int | np.integer):
-        return int(obj)
-    if isinstance(obj, float | np.floating):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    return obj
 
 
 def _finite(x: float) -> float | None:
